@@ -1,0 +1,114 @@
+"""An engine behind any OpenAI-compatible `/v1/chat/completions` (a vLLM or NIM server, local or remote).
+
+The request is re-encoded from the validated struct (unknown client fields never travel), always as a
+stream with usage, and the upstream model name replaces the public one. Closing the stream early
+closes the HTTP connection, which is how vLLM and NIM learn to abort the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+import structlog
+
+from gateway.protocol import ChatCompletionChunk, ChatCompletionRequest, ErrorBody, StreamOptions
+
+from .base import EngineError, EngineRejected, EngineUnavailable
+
+log = structlog.get_logger("sentrail.engine")
+
+_chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
+_error_decoder = msgspec.json.Decoder(ErrorBody)
+_encoder = msgspec.json.Encoder()
+
+
+class OpenAIEngine:
+    """One OpenAI-compatible upstream; `upstream_model` is the name the upstream knows the model by."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        upstream_model: str,
+        api_key: str | None = None,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.upstream_model = upstream_model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        timeout = httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=connect_timeout_s)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, limits=limits)
+        self._streams: dict[str, httpx.Response] = {}
+
+    async def start(self) -> None:
+        if not await self.check_health():
+            log.warning("engine_not_healthy_at_start", engine=self.name, url=self.base_url)
+
+    async def stop(self) -> None:
+        await self._client.aclose()
+
+    async def check_health(self) -> bool:
+        try:
+            response = await self._client.get("/v1/models", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def upstream_body(self, request: ChatCompletionRequest) -> bytes:
+        upstream = msgspec.structs.replace(
+            request, model=self.upstream_model, stream=True, stream_options=StreamOptions(include_usage=True)
+        )
+        return _encoder.encode(upstream)
+
+    async def generate(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[ChatCompletionChunk]:
+        body = self.upstream_body(request)
+        headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        try:
+            async with self._client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as response:
+                if response.status_code != 200:
+                    raise await _upstream_error(response)
+                self._streams[request_id] = response
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    yield _decode_event(data)
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"engine {self.name} failed: {type(exc).__name__}") from exc
+        finally:
+            self._streams.pop(request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        response = self._streams.pop(request_id, None)
+        if response is not None:
+            await response.aclose()
+
+
+def _decode_event(data: str) -> ChatCompletionChunk:
+    try:
+        return _chunk_decoder.decode(data)
+    except msgspec.ValidationError:
+        pass
+    try:
+        error = _error_decoder.decode(data).error
+    except msgspec.MsgspecError:
+        raise EngineUnavailable("engine sent an unreadable stream event") from None
+    raise EngineError(f"engine error during generation: {error.message}")
+
+
+async def _upstream_error(response: httpx.Response) -> EngineError:
+    raw = await response.aread()
+    try:
+        detail = _error_decoder.decode(raw).error
+        message, param = detail.message, detail.param
+    except msgspec.MsgspecError:
+        message, param = raw[:200].decode(errors="replace"), None
+    if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 408, 429):
+        return EngineRejected(message, param)
+    return EngineUnavailable(f"engine answered {response.status_code}: {message}")

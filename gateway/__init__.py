@@ -1,0 +1,1 @@
+"""The HTTP surface and the request lifecycle of Sentrail."""

@@ -1,0 +1,124 @@
+"""`create_app(settings)`: the Litestar app, its lifespan (engine pool up and down) and its error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+import structlog
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from opentelemetry.sdk.trace import SpanProcessor
+
+from engines.base import Engine
+from engines.models import embedded_model_dir, is_prepared, prepare_embedded_model
+from engines.pool import EnginePool
+from engines.remote import OpenAIEngine
+from engines.vllm_server import VllmServerEngine
+
+from .chat import ChatService
+from .errors import STATUS_ERROR_TYPES, describe, kind_of, to_error_body
+from .metrics import Metrics
+from .middleware import RequestContextMiddleware
+from .observability import build_tracer_provider
+from .routes import ROUTES
+from .settings import EngineSettings, Settings
+
+log = structlog.get_logger("sentrail.app")
+HEALTH_INTERVAL_S = 5.0
+
+
+def build_engines(settings: Settings) -> dict[str, list[tuple[Engine, int]]]:
+    """Settings -> engine objects (not started). The embedded model is prepared on first use."""
+    models: dict[str, list[tuple[Engine, int]]] = {}
+    for model in settings.models:
+        engines: list[tuple[Engine, int]] = []
+        for index, spec in enumerate(model.engines):
+            name = f"{model.id}#{index}"
+            engines.append((_engine(name, model.id, spec, settings), spec.max_concurrency))
+        models[model.id] = engines
+    return models
+
+
+def _engine(name: str, model_id: str, spec: EngineSettings, settings: Settings) -> Engine:
+    upstream = spec.upstream_model or model_id
+    if spec.kind == "remote":
+        if not spec.url:
+            raise ValueError(f"engine {name}: kind 'remote' needs a url")
+        return OpenAIEngine(name, spec.url, upstream, api_key=spec.api_key)
+    path = spec.model_path or str(embedded_model_dir(settings.home_path))
+    return VllmServerEngine(name, path, upstream, spec.port, spec.args, dict(spec.env), spec.startup_timeout_s)
+
+
+def handle_exception(request: Request, exc: Exception) -> Response:
+    """Every error a client sees leaves through here, as an OpenAI error body."""
+    if isinstance(exc, HTTPException):
+        error_type = STATUS_ERROR_TYPES.get(exc.status_code, "internal_error")
+        message, param = str(exc.detail), None
+    else:
+        error_type, message, param = describe(exc)
+    if error_type == "internal_error":
+        log.error("unhandled_error", exc_info=exc)
+    headers = {"Retry-After": str(getattr(exc, "retry_after_s", 1))} if error_type == "overloaded" else None
+    return Response(to_error_body(error_type, message, param), status_code=kind_of(error_type).status, headers=headers)
+
+
+def create_app(
+    settings: Settings,
+    engines: Mapping[str, Sequence[tuple[Engine, int]]] | None = None,
+    span_processors: list[SpanProcessor] | None = None,
+) -> Litestar:
+    pool = EnginePool(engines or build_engines(settings), settings.max_waiting, settings.wait_timeout_s)
+    metrics = Metrics()
+    tracer_provider = build_tracer_provider(span_processors)
+    tracer = tracer_provider.get_tracer("sentrail")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if engines is None:
+            await _prepare_embedded(settings)
+        await pool.start()
+        watcher = asyncio.create_task(_watch_health(pool))
+        log.info("gateway_ready", models=pool.model_ids)
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await pool.stop()
+            tracer_provider.shutdown()
+
+    app = Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        exception_handlers={Exception: handle_exception},
+        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=tracer_provider))],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
+    app.state.update(
+        pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()),
+        chat=ChatService(pool, metrics, tracer),
+    )  # fmt: skip
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
+    return app
+
+
+async def _prepare_embedded(settings: Settings) -> None:
+    uses_embedded = any(e.kind == "vllm" and not e.model_path for m in settings.models for e in m.engines)
+    if uses_embedded and not is_prepared(embedded_model_dir(settings.home_path)):
+        await asyncio.to_thread(prepare_embedded_model, settings.home_path, False, lambda m: log.info("model_prepare", step=m))
+
+
+async def _watch_health(pool: EnginePool) -> None:
+    """Refresh replica health in the background so routing skips dead engines between probes."""
+    while True:
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+        try:
+            await pool.readiness()
+        except Exception as exc:  # a failing check must never stop the watcher
+            log.warning("health_check_failed", error=repr(exc))

@@ -1,0 +1,92 @@
+"""One exception tree for the gateway and ONE table from `error_type` to HTTP status and OpenAI error type.
+
+Every failure a client can see goes through `to_error_body`: as a JSON response before the first byte
+of a stream, and as the final SSE event after it. Engine and rail errors carry their own `error_type`
+and are mapped here too, so there is exactly one place that decides what a client sees.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import msgspec
+
+from .protocol import ErrorBody, ErrorDetail
+
+
+class ErrorKind(NamedTuple):
+    status: int
+    openai_type: str
+
+
+ERRORS: dict[str, ErrorKind] = {
+    "invalid_request": ErrorKind(400, "invalid_request_error"),
+    "invalid_json": ErrorKind(400, "invalid_request_error"),
+    "not_found": ErrorKind(404, "invalid_request_error"),
+    "model_not_found": ErrorKind(404, "invalid_request_error"),
+    "method_not_allowed": ErrorKind(405, "invalid_request_error"),
+    "request_too_large": ErrorKind(413, "invalid_request_error"),
+    "unsupported_media_type": ErrorKind(415, "invalid_request_error"),
+    "overloaded": ErrorKind(429, "rate_limit_error"),
+    "internal_error": ErrorKind(500, "server_error"),
+    "engine_error": ErrorKind(502, "server_error"),
+    "rail_failed": ErrorKind(503, "server_error"),
+    "engine_unavailable": ErrorKind(503, "server_error"),
+}
+
+# Litestar's own HTTP exceptions (routing, body limits) by status code.
+STATUS_ERROR_TYPES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class GatewayError(Exception):
+    error_type = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class InvalidRequest(GatewayError):
+    error_type = "invalid_request"
+
+
+class InvalidJSON(GatewayError):
+    error_type = "invalid_json"
+
+
+class ModelNotFound(GatewayError):
+    error_type = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model {model!r} does not exist or you do not have access to it.", "model")
+
+
+def kind_of(error_type: str) -> ErrorKind:
+    return ERRORS.get(error_type, ERRORS["internal_error"])
+
+
+def to_error_body(error_type: str, message: str, param: str | None = None) -> ErrorBody:
+    return ErrorBody(ErrorDetail(message=message, type=kind_of(error_type).openai_type, param=param, code=error_type))
+
+
+def describe(exc: BaseException) -> tuple[str, str, str | None]:
+    """(error_type, client-safe message, param) for any exception; unknown ones never leak details."""
+    error_type = getattr(exc, "error_type", None)
+    if isinstance(error_type, str) and error_type in ERRORS:
+        return error_type, str(exc), getattr(exc, "param", None)
+    return "internal_error", "The server had an error while processing your request.", None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def sse_error_event(exc: BaseException) -> bytes:
+    """The final event of a stream that failed after its first byte."""
+    error_type, message, param = describe(exc)
+    return b"data: " + _encoder.encode(to_error_body(error_type, message, param)) + b"\n\n"

@@ -1,0 +1,37 @@
+"""Prometheus metrics, one registry per app (so several apps in one process never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sentrail_http_requests", "HTTP requests by route and status", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "sentrail_http_request_duration_seconds",
+            "Time from request start to the end of the response body",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge("sentrail_http_requests_in_flight", "Requests being served", registry=r)
+        self.tokens = Counter(
+            "sentrail_tokens", "Tokens by model and direction (input/output)", ["model", "direction"], registry=r
+        )
+        self.ttft = Histogram(
+            "sentrail_time_to_first_token_seconds", "Engine time to first chunk", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+
+        self.engine_inflight = Gauge("sentrail_engine_requests_in_flight", "Engine slots in use", ["model"], registry=r)
+        self.engine_waiting = Gauge("sentrail_engine_requests_waiting", "Requests waiting for a slot", ["model"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

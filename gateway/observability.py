@@ -1,0 +1,78 @@
+"""structlog and OpenTelemetry setup, and the span attributes Sentrail records (GenAI semantic conventions).
+
+Logs: JSON lines in production, a readable console on a TTY; request ids come from contextvars.
+Traces: one TracerProvider per app. OTLP export is on when the standard `OTEL_EXPORTER_OTLP_*`
+variables name an endpoint; tests pass their own span processor (an in-memory exporter).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, TextIO
+
+import structlog
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from .protocol import ChatCompletionRequest
+
+SERVICE_NAME = "sentrail"
+
+
+def configure_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None, cache: bool = True) -> None:
+    """Route structlog and the standard library's logging through one renderer."""
+    stream = stream or sys.stderr
+    if log_format == "auto":
+        log_format = "console" if stream.isatty() else "json"
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if log_format == "console" else structlog.processors.JSONRenderer()
+    )
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=cache,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[*shared[:1], renderer], foreign_pre_chain=shared))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))  # libraries speak at WARNING and above
+
+
+def build_tracer_provider(extra_processors: list[SpanProcessor] | None = None) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    for processor in extra_processors or ():
+        provider.add_span_processor(processor)
+    return provider
+
+
+def chat_span_attributes(request: ChatCompletionRequest, provider: str) -> dict[str, Any]:
+    """`chat {model}` CLIENT span attributes for the engine call (request side)."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": request.model,
+    }
+    optional = {
+        "gen_ai.request.temperature": request.temperature,
+        "gen_ai.request.top_p": request.top_p,
+        "gen_ai.request.max_tokens": request.max_completion_tokens or request.max_tokens,
+        "gen_ai.request.seed": request.seed,
+        "gen_ai.request.stream": request.stream,
+    }
+    attributes.update({k: v for k, v in optional.items() if v is not None})
+    return attributes

@@ -1,0 +1,323 @@
+"""OpenAI wire structs (msgspec) and the OpenAI error body.
+
+A leaf module: it imports nothing of Sentrail, so `engines` and `rails` may use these types.
+Request structs ignore unknown fields (OpenAI clients send many); constraints live in the types, and
+the checks that span several fields live in `ChatCompletionRequest.validate`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+NonNegFloat = Annotated[float, Meta(ge=0)]
+Temperature = Annotated[float, Meta(ge=0, le=2)]
+TopP = Annotated[float, Meta(gt=0, le=1)]
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+FunctionName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class RequestFieldError(ValueError):
+    """A request that decodes but breaks a rule spanning fields; `param` names the offending field."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# ---- content parts -------------------------------------------------------------------------------
+
+
+class TextPart(Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageURL(Struct):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(Struct, tag_field="type", tag="image_url"):
+    image_url: ImageURL
+
+
+class RefusalPart(Struct, tag_field="type", tag="refusal"):
+    refusal: str
+
+
+UserContent = str | list[TextPart | ImagePart]
+TextContent = str | list[TextPart]
+AssistantContent = str | list[TextPart | RefusalPart]
+
+
+# ---- messages ------------------------------------------------------------------------------------
+
+
+class FunctionCall(Struct):
+    name: str
+    arguments: str
+
+
+class ToolCall(Struct):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+class SystemMessage(Struct, tag_field="role", tag="system", omit_defaults=True):
+    content: TextContent
+    name: str | None = None
+
+
+class DeveloperMessage(Struct, tag_field="role", tag="developer", omit_defaults=True):
+    content: TextContent
+    name: str | None = None
+
+
+class UserMessage(Struct, tag_field="role", tag="user", omit_defaults=True):
+    content: UserContent
+    name: str | None = None
+
+
+class AssistantMessage(Struct, tag_field="role", tag="assistant", omit_defaults=True):
+    content: AssistantContent | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+    name: str | None = None
+
+
+class ToolMessage(Struct, tag_field="role", tag="tool", omit_defaults=True):
+    content: TextContent
+    tool_call_id: str
+
+
+Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
+
+
+# ---- tools and response formats ------------------------------------------------------------------
+
+
+class FunctionDefinition(Struct, omit_defaults=True):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(Struct):
+    function: FunctionDefinition
+    type: Literal["function"] = "function"
+
+
+class NamedFunction(Struct):
+    name: str
+
+
+class NamedToolChoice(Struct):
+    function: NamedFunction
+    type: Literal["function"] = "function"
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class TextFormat(Struct, tag_field="type", tag="text"):
+    pass
+
+
+class JsonObjectFormat(Struct, tag_field="type", tag="json_object"):
+    pass
+
+
+class JsonSchema(Struct, omit_defaults=True):
+    name: FunctionName
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(Struct, tag_field="type", tag="json_schema"):
+    json_schema: JsonSchema
+
+
+ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
+
+
+class StreamOptions(Struct, omit_defaults=True):
+    include_usage: bool | None = None
+
+
+# ---- the request ---------------------------------------------------------------------------------
+
+
+class ChatCompletionRequest(Struct, omit_defaults=True):
+    """`POST /v1/chat/completions`. Unknown fields are ignored and never forwarded to an engine."""
+
+    model: Annotated[str, Meta(min_length=1)]
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    seed: int | None = None
+    n: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+    def validate(self) -> None:
+        """Rules that span fields; raises `RequestFieldError` naming the param."""
+        if self.n is not None and self.n != 1:
+            raise RequestFieldError("Only n=1 is supported.", "n")
+        if self.stream_options is not None and not self.stream:
+            raise RequestFieldError("stream_options is only allowed when stream is true.", "stream_options")
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not self.tools:
+            raise RequestFieldError("tool_choice requires tools to be specified.", "tool_choice")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in self.tool_names():
+            raise RequestFieldError(
+                f"tool_choice names function {choice.function.name!r}, which is not in tools.", "tool_choice"
+            )
+
+    def tool_names(self) -> set[str]:
+        return {t.function.name for t in self.tools or ()}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+# ---- responses -----------------------------------------------------------------------------------
+
+
+class Usage(Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ResponseMessage(Struct):
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+    role: Literal["assistant"] = "assistant"
+
+
+class Choice(Struct):
+    message: ResponseMessage
+    finish_reason: str | None
+    index: int = 0
+    logprobs: None = None
+
+
+class ChatCompletion(Struct):
+    id: str
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    object: Literal["chat.completion"] = "chat.completion"
+    system_fingerprint: str | None = None
+
+
+class FunctionCallDelta(Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(Struct, omit_defaults=True):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
+class Delta(Struct, omit_defaults=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(Struct):
+    delta: Delta
+    finish_reason: str | None = None
+    index: int = 0
+    logprobs: None = None
+
+
+class ChatCompletionChunk(Struct):
+    id: str
+    model: str
+    choices: list[ChunkChoice]
+    created: int = field(default_factory=lambda: int(time.time()))
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    usage: Usage | None = None
+
+
+class Model(Struct):
+    id: str
+    created: int
+    owned_by: str = "sentrail"
+    object: Literal["model"] = "model"
+
+
+class ModelList(Struct):
+    data: list[Model]
+    object: Literal["list"] = "list"
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+class ErrorDetail(Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(Struct):
+    error: ErrorDetail
+
+
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def validation_param(error: msgspec.ValidationError) -> str | None:
+    """The request field a msgspec error points at: '... - at `$.messages[0].role`' -> 'messages[0].role'."""
+    text = str(error)
+    location = ""
+    start = text.rfind(" - at `$")
+    if start >= 0:
+        location = text[start + len(" - at `$") :].rstrip("`")
+    missing = _MISSING.search(text)
+    if missing:
+        location = f"{location}.{missing.group(1)}"
+    return location.lstrip(".") or None
+
+
+def validation_message(error: msgspec.ValidationError) -> str:
+    """The human part of a msgspec error, without the location suffix."""
+    text = str(error)
+    cut = text.rfind(" - at `$")
+    return text[:cut] if cut >= 0 else text
+
+
+class HealthResponse(Struct):
+    message: str
+    models: dict[str, bool] | None = None
+    object: str = "health.response"

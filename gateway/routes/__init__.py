@@ -1,0 +1,7 @@
+"""Thin HTTP handlers: decode, call a service, map the result. Errors are raised, never formatted here."""
+
+from .chat import chat_completions
+from .health import live, metrics, ready
+from .models import get_model, list_models
+
+ROUTES = [chat_completions, list_models, get_model, live, ready, metrics]

@@ -1,0 +1,30 @@
+"""NIM-compatible probes and Prometheus metrics."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, get
+
+from ..protocol import HealthResponse
+
+
+@get("/v1/health/live")
+async def live() -> HealthResponse:
+    return HealthResponse(message="Service is live.")
+
+
+@get("/v1/health/ready")
+async def ready(request: Request) -> Response[HealthResponse]:
+    models = await request.app.state.pool.readiness()
+    if models and all(models.values()):
+        return Response(HealthResponse(message="Service is ready.", models=models))
+    return Response(HealthResponse(message="Service is not ready.", models=models), status_code=503)
+
+
+@get("/metrics", media_type="text/plain; version=0.0.4")
+async def metrics(request: Request) -> bytes:
+    pool = request.app.state.pool
+    m = request.app.state.metrics
+    for model, load in pool.load().items():
+        m.engine_inflight.labels(model).set(load["inflight"])
+        m.engine_waiting.labels(model).set(load["waiting"])
+    return m.render()

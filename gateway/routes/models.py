@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from litestar import Request, get
+
+from ..errors import ModelNotFound
+from ..protocol import Model, ModelList
+
+
+@get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    created = request.app.state.started_at
+    return ModelList([Model(id=m, created=created) for m in request.app.state.pool.model_ids])
+
+
+@get("/v1/models/{model_id:path}")
+async def get_model(request: Request, model_id: str) -> Model:
+    model_id = model_id.lstrip("/")
+    if model_id not in request.app.state.pool.model_ids:
+        raise ModelNotFound(model_id)
+    return Model(id=model_id, created=request.app.state.started_at)

@@ -1,0 +1,103 @@
+"""One frozen settings object, parsed once at start from an optional file plus environment variables.
+
+Precedence: defaults < file (`SENTRAIL_CONFIG` or `--config`, YAML or JSON) < environment variables.
+With nothing configured, Sentrail serves the embedded SmolLM2 model on 127.0.0.1:8000 on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from engines.models import EMBEDDED_MODEL_ID, default_home
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used; the message names the file and the field."""
+
+
+class EngineSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """One replica. `kind: vllm` runs a managed vLLM server; `kind: remote` uses an OpenAI-compatible URL."""
+
+    kind: Literal["vllm", "remote"] = "vllm"
+    model_path: str | None = None  # vllm: a HF directory; None means the embedded model
+    url: str | None = None  # remote: base URL without /v1
+    api_key: str | None = None  # remote: bearer token for the upstream
+    upstream_model: str | None = None  # name the engine knows the model by; defaults to the model id
+    port: Port = 0  # vllm: 0 picks a free loopback port
+    args: tuple[str, ...] = ()  # vllm: extra `vllm serve` arguments
+    env: dict[str, str] = {}  # vllm: extra environment for the child process
+    max_concurrency: Annotated[int, Meta(ge=1)] = 32
+    startup_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
+
+
+class ModelSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    id: Annotated[str, Meta(min_length=1, max_length=128)]
+    engines: Annotated[tuple[EngineSettings, ...], Meta(min_length=1)] = (EngineSettings(),)
+
+
+class Settings(Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    models: tuple[ModelSettings, ...] = (ModelSettings(id=EMBEDDED_MODEL_ID),)
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
+    max_waiting: Annotated[int, Meta(ge=0)] = 64  # requests allowed to wait for an engine slot
+    wait_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    home: str = ""  # where prepared models live; defaults to $SENTRAIL_HOME or ~/.cache/sentrail
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home) if self.home else default_home()
+
+
+# Environment variable -> settings field. Values are parsed with the field's type.
+ENV_VARS = {
+    "SENTRAIL_HOST": "host",
+    "SENTRAIL_PORT": "port",
+    "SENTRAIL_MAX_BODY_BYTES": "max_body_bytes",
+    "SENTRAIL_MAX_WAITING": "max_waiting",
+    "SENTRAIL_WAIT_TIMEOUT_S": "wait_timeout_s",
+    "SENTRAIL_LOG_FORMAT": "log_format",
+    "SENTRAIL_LOG_LEVEL": "log_level",
+    "SENTRAIL_HOME": "home",
+}
+
+
+def load_settings(config_file: str | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Defaults, then the file, then the environment, then explicit overrides (e.g. CLI flags)."""
+    environ = dict(os.environ) if environ is None else environ
+    raw: dict[str, Any] = {}
+    path = config_file or environ.get("SENTRAIL_CONFIG")
+    if path:
+        raw.update(_read_file(Path(path)))
+    for var, name in ENV_VARS.items():
+        if var in environ:
+            raw[name] = environ[var]
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid settings{where}: {exc}") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = msgspec.json.decode(text) if path.suffix == ".json" else msgspec.yaml.decode(text)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data

@@ -1,0 +1,1 @@
+"""Everything that judges content: rails and their pipeline. No HTTP, no engine imports."""

@@ -1,0 +1,57 @@
+"""The rail interface: a rail judges content at one stage and returns a `Verdict` built by a named constructor."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+
+class Stage(str, Enum):
+    INPUT = "input"
+    TOOL_RESULT = "tool_result"
+    OUTPUT = "output"
+
+
+class Action(str, Enum):
+    ALLOW = "allow"
+    MODIFY = "modify"
+    BLOCK = "block"
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    action: Action
+    reason: str = ""
+    content: str | None = None
+
+    @classmethod
+    def allow(cls) -> Verdict:
+        return _ALLOW
+
+    @classmethod
+    def modify(cls, content: str, reason: str) -> Verdict:
+        return cls(Action.MODIFY, reason, content)
+
+    @classmethod
+    def block(cls, reason: str) -> Verdict:
+        return cls(Action.BLOCK, reason)
+
+
+_ALLOW = Verdict(Action.ALLOW)
+
+
+class RailError(Exception):
+    """A rail that could not decide; the pipeline fails closed on it."""
+
+    error_type = "rail_failed"
+
+
+@runtime_checkable
+class Rail(Protocol):
+    name: str
+    stage: Stage
+
+    async def check(self, content: str) -> Verdict:
+        """Judge one piece of content at this rail's stage."""
+        ...

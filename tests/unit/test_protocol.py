@@ -1,0 +1,142 @@
+import msgspec
+import pytest
+
+from engines.remote import OpenAIEngine
+from gateway.errors import InvalidJSON, InvalidRequest
+from gateway.protocol import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    DeveloperMessage,
+    ImagePart,
+    JsonSchemaFormat,
+    NamedToolChoice,
+    SystemMessage,
+    TextPart,
+    ToolMessage,
+    UserMessage,
+)
+from gateway.routes.chat import decode_chat_request
+from gateway.streaming import Accumulator
+from tests.doubles import text_chunks, tool_call_chunks
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}, "strict": True}}
+
+
+def body(**fields) -> bytes:
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    base.update(fields)
+    return msgspec.json.encode(base)
+
+
+def test_decodes_every_message_role():
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "developer", "content": [{"type": "text", "text": "dev"}]},
+        {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:,"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]  # fmt: skip
+    request = decode_chat_request(body(messages=messages))
+    kinds = [type(m) for m in request.messages]
+    assert kinds == [SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage]
+    assert isinstance(request.messages[2].content[1], ImagePart)
+    assert isinstance(request.messages[1].content[0], TextPart)
+    assert request.messages[3].tool_calls[0].function.name == "f"
+
+
+@pytest.mark.parametrize("choice", ["none", "auto", "required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_choice_variants(choice):
+    request = decode_chat_request(body(tools=[TOOL], tool_choice=choice))
+    assert request.tool_choice == choice or isinstance(request.tool_choice, NamedToolChoice)
+
+
+@pytest.mark.parametrize(
+    "fmt", [{"type": "text"}, {"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "p", "schema": {}}}]
+)
+def test_response_format_variants(fmt):
+    request = decode_chat_request(body(response_format=fmt))
+    assert type(request.response_format).__name__.lower().startswith(fmt["type"].replace("_", ""))
+
+
+def test_json_schema_format_keeps_schema():
+    request = decode_chat_request(
+        body(response_format={"type": "json_schema", "json_schema": {"name": "p", "strict": True, "schema": {"type": "object"}}})
+    )
+    assert isinstance(request.response_format, JsonSchemaFormat)
+    assert request.response_format.json_schema.schema == {"type": "object"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"temperature": 5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": []}, "messages"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"n": 2}, "n"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}, "tool_choice"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+    ],
+)
+def test_invalid_fields_name_the_param(fields, param):
+    with pytest.raises(InvalidRequest) as caught:
+        decode_chat_request(body(**fields))
+    assert caught.value.param == param
+    assert caught.value.error_type == "invalid_request"
+
+
+def test_missing_model_names_param():
+    with pytest.raises(InvalidRequest) as caught:
+        decode_chat_request(b'{"messages": [{"role": "user", "content": "x"}]}')
+    assert caught.value.param == "model"
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b"{not json", b'{"model": "m",'])
+def test_malformed_json(raw):
+    with pytest.raises(InvalidJSON):
+        decode_chat_request(raw)
+
+
+def test_unknown_fields_are_ignored_and_never_forwarded():
+    request = decode_chat_request(body(frobnicate=True, temperature=0.5, n=1))
+    upstream = OpenAIEngine("e", "http://127.0.0.1:1", "upstream-name").upstream_body(request)
+    sent = msgspec.json.decode(upstream)
+    assert "frobnicate" not in sent
+    assert sent["model"] == "upstream-name"
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert sent["temperature"] == 0.5
+    assert "tools" not in sent  # unset optional fields are omitted, not sent as null
+
+
+def test_accumulates_text_and_usage():
+    accumulator = Accumulator()
+    for chunk in text_chunks("Hel", "lo"):
+        accumulator.add(chunk)
+    result = accumulator.result("public")
+    assert result.model == "public"
+    assert result.choices[0].message.content == "Hello"
+    assert result.choices[0].finish_reason == "stop"
+    assert result.usage.completion_tokens == 2
+
+
+def test_accumulates_tool_call_deltas():
+    accumulator = Accumulator()
+    for chunk in tool_call_chunks("get_weather", ['{"ci', 'ty": "Paris"}']):
+        accumulator.add(chunk)
+    message = accumulator.result("m").choices[0].message
+    assert message.content is None
+    assert message.tool_calls[0].id == "call_1"
+    assert msgspec.json.decode(message.tool_calls[0].function.arguments) == {"city": "Paris"}
+
+
+def test_request_round_trips_through_encoding():
+    request = decode_chat_request(body(tools=[TOOL], tool_choice="auto", seed=3, stop="END"))
+    again = msgspec.json.decode(msgspec.json.encode(request), type=ChatCompletionRequest)
+    assert again == request
