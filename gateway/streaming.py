@@ -29,7 +29,7 @@ def sse_event(chunk: ChatCompletionChunk) -> bytes:
 
 
 class _PendingCall:
-    __slots__ = ("id", "name", "arguments")
+    __slots__ = ("arguments", "id", "name")
 
     def __init__(self) -> None:
         self.id = ""

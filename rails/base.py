@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     INPUT = "input"
     TOOL_RESULT = "tool_result"
     OUTPUT = "output"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     ALLOW = "allow"
     MODIFY = "modify"
     BLOCK = "block"

@@ -38,7 +38,9 @@ def tool_call_chunks(name: str, argument_pieces: Sequence[str], call_id: str = "
 
 
 def _chunk(delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
-    return ChatCompletionChunk(id="chatcmpl-test", model="upstream", choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+    return ChatCompletionChunk(
+        id="chatcmpl-test", model="upstream", choices=[ChunkChoice(delta=delta, finish_reason=finish)]
+    )
 
 
 class ScriptedEngine:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from engines.base import EngineRejected, EngineUnavailable
-from tests.doubles import ScriptedEngine, text_chunks, tool_call_chunks
+from tests.doubles import ScriptedEngine, tool_call_chunks
 
 from .conftest import MODEL
 
@@ -35,7 +35,12 @@ async def test_non_streaming_returns_the_folded_answer(make_client):
     assert response.status_code == 200
     body = response.json()
     assert body["object"] == "chat.completion" and body["model"] == MODEL
-    assert body["choices"][0]["message"] == {"content": "Hello world", "tool_calls": None, "refusal": None, "role": "assistant"}
+    assert body["choices"][0]["message"] == {
+        "content": "Hello world",
+        "tool_calls": None,
+        "refusal": None,
+        "role": "assistant",
+    }
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
     assert response.headers["x-request-id"].startswith("req_")
@@ -77,7 +82,11 @@ async def test_streaming_frames_sse_and_honours_include_usage(make_client, inclu
         (b"", "invalid_json", None),
         (json.dumps(chat(temperature=9)).encode(), "invalid_request", "temperature"),
         (json.dumps(chat(n=3)).encode(), "invalid_request", "n"),
-        (json.dumps({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}).encode(), "invalid_request", "messages[0].role"),
+        (
+            json.dumps({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}).encode(),
+            "invalid_request",
+            "messages[0].role",
+        ),
     ],
 )
 async def test_bad_requests_get_400_naming_the_param(make_client, payload, code, param):

@@ -35,7 +35,9 @@ def test_every_table_entry_is_a_client_or_server_status():
 
 def test_error_body_has_openai_shape():
     body = msgspec.json.decode(msgspec.json.encode(to_error_body("model_not_found", "nope", "model")))
-    assert body == {"error": {"message": "nope", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+    assert body == {
+        "error": {"message": "nope", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    }
 
 
 def test_sse_error_event_is_one_data_line():

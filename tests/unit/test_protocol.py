@@ -32,7 +32,8 @@ def test_decodes_every_message_role():
     messages = [
         {"role": "system", "content": "be brief"},
         {"role": "developer", "content": [{"type": "text", "text": "dev"}]},
-        {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:,"}}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:,"}}]},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "42"},
@@ -45,14 +46,17 @@ def test_decodes_every_message_role():
     assert request.messages[3].tool_calls[0].function.name == "f"
 
 
-@pytest.mark.parametrize("choice", ["none", "auto", "required", {"type": "function", "function": {"name": "get_weather"}}])
+@pytest.mark.parametrize(
+    "choice", ["none", "auto", "required", {"type": "function", "function": {"name": "get_weather"}}]
+)
 def test_tool_choice_variants(choice):
     request = decode_chat_request(body(tools=[TOOL], tool_choice=choice))
     assert request.tool_choice == choice or isinstance(request.tool_choice, NamedToolChoice)
 
 
 @pytest.mark.parametrize(
-    "fmt", [{"type": "text"}, {"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "p", "schema": {}}}]
+    "fmt",
+    [{"type": "text"}, {"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "p", "schema": {}}}],
 )
 def test_response_format_variants(fmt):
     request = decode_chat_request(body(response_format=fmt))
@@ -61,7 +65,12 @@ def test_response_format_variants(fmt):
 
 def test_json_schema_format_keeps_schema():
     request = decode_chat_request(
-        body(response_format={"type": "json_schema", "json_schema": {"name": "p", "strict": True, "schema": {"type": "object"}}})
+        body(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "p", "strict": True, "schema": {"type": "object"}},
+            }
+        )
     )
     assert isinstance(request.response_format, JsonSchemaFormat)
     assert request.response_format.json_schema.schema == {"type": "object"}

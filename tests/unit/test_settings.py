@@ -16,9 +16,12 @@ def test_file_then_environment_then_overrides(tmp_path):
     config = tmp_path / "sentrail.yaml"
     config.write_text(
         "port: 9000\nmax_body_bytes: 2048\nmodels:\n"
-        "  - id: big\n    engines:\n      - kind: remote\n        url: http://127.0.0.1:9999\n        max_concurrency: 4\n"
+        "  - id: big\n    engines:\n      - kind: remote\n"
+        "        url: http://127.0.0.1:9999\n        max_concurrency: 4\n"
     )
-    settings = load_settings(str(config), environ={"SENTRAIL_PORT": "9100", "SENTRAIL_LOG_FORMAT": "json"}, host="0.0.0.0")
+    settings = load_settings(
+        str(config), environ={"SENTRAIL_PORT": "9100", "SENTRAIL_LOG_FORMAT": "json"}, host="0.0.0.0"
+    )
     assert settings.port == 9100 and settings.host == "0.0.0.0" and settings.max_body_bytes == 2048
     assert settings.log_format == "json"
     engine = settings.models[0].engines[0]

@@ -1,0 +1,70 @@
+"""One real gateway per test session: the Litestar app served by uvicorn on loopback, over a managed
+vLLM server running the embedded SmolLM2 model on CPU. Tests talk to it with the official `openai` client."""
+
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from openai import OpenAI
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from engines.models import EMBEDDED_MODEL_ID, prepare_embedded_model
+from engines.vllm_server import free_port
+from gateway.app import create_app
+from gateway.observability import configure_logging
+from gateway.settings import load_settings
+
+STARTUP_TIMEOUT_S = 600
+
+
+class Gateway:
+    def __init__(self, base_url: str, app, spans: InMemorySpanExporter) -> None:
+        self.base_url = base_url
+        self.app = app
+        self.spans = spans
+
+    @property
+    def engine_url(self) -> str:
+        return self.app.state.pool.engines()[0].base_url
+
+    def engine_metric(self, name: str) -> float:
+        """Sum of a metric's samples (over all labels) on the vLLM engine's own Prometheus endpoint."""
+        text = httpx.get(f"{self.engine_url}/metrics", timeout=5).text
+        samples = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+        assert samples, f"{name} is not in the engine's metrics"
+        return sum(samples)
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    configure_logging("console", "info")
+    settings = load_settings(environ={}, port=free_port())
+    prepare_embedded_model(settings.home_path)
+    spans = InMemorySpanExporter()
+    app = create_app(settings, span_processors=[SimpleSpanProcessor(spans)])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive():
+            pytest.fail("the gateway failed to start (see the log above)")
+        if time.monotonic() > deadline:
+            pytest.fail("the gateway did not start in time")
+        time.sleep(0.5)
+    yield Gateway(f"http://127.0.0.1:{settings.port}", app, spans)
+    server.should_exit = True
+    thread.join(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def client(gateway):
+    return OpenAI(base_url=f"{gateway.base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def model():
+    return EMBEDDED_MODEL_ID
