@@ -49,6 +49,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))  # libraries speak at WARNING and above
+    logging.getLogger("uvicorn.error").setLevel(numeric)  # ...except the server's own start/stop lines
 
 
 def build_tracer_provider(extra_processors: list[SpanProcessor] | None = None) -> TracerProvider:

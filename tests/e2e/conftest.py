@@ -40,7 +40,7 @@ class Gateway:
 
 @pytest.fixture(scope="session")
 def gateway():
-    configure_logging("console", "info")
+    configure_logging("console", "info", cache=False)
     settings = load_settings(environ={}, port=free_port())
     prepare_embedded_model(settings.home_path)
     spans = InMemorySpanExporter()

@@ -1,0 +1,182 @@
+"""Sentrail's overhead over the engine it fronts, side by side in one run.
+
+Starts `sentrail serve` (which starts its managed vLLM engine on a known port), then sends the same
+streaming chat requests directly to vLLM and through Sentrail, alternating rounds so both see the same
+machine state, at concurrency 1 and 16. Prints p50/p99 latency, p50/p99 time to first token and
+output tokens/s for both, and the ratio Sentrail/direct. Figures only: nothing here asserts.
+
+    .venv/bin/python bench/overhead.py [--requests 48] [--max-tokens 64] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "SmolLM2-135M-Instruct"
+PROMPTS = [
+    "Explain what a firewall does.",
+    "Write a haiku about the sea.",
+    "List three uses of a hash function.",
+    "Describe a cat to someone who has never seen one.",
+    "What is the capital of France, and why is it famous?",
+    "Give two tips for writing clear code.",
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def one(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    ttft = None
+    tokens = 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if ttft is None and event.get("choices") and event["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - started
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    total = time.perf_counter() - started
+    return total, ttft if ttft is not None else total, tokens
+
+
+async def run_load(url: str, concurrency: int, requests: int, max_tokens: int) -> dict[str, float]:
+    results: list[tuple[float, float, int]] = []
+    queue = list(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def worker() -> None:
+            while queue:
+                index = queue.pop()
+                results.append(await one(client, url, PROMPTS[index % len(PROMPTS)], max_tokens))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return summarize(results, wall)
+
+
+def summarize(results: list[tuple[float, float, int]], wall: float) -> dict[str, float]:
+    latencies = sorted(r[0] for r in results)
+    ttfts = sorted(r[1] for r in results)
+    return {
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "ttft_p50_ms": 1000 * statistics.median(ttfts),
+        "ttft_p99_ms": 1000 * percentile(ttfts, 0.99),
+        "tok_s": sum(r[2] for r in results) / wall,
+        "n": len(results),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def merge(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over rounds of each figure (rounds alternate direct/gateway)."""
+    return {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
+
+
+def start_gateway(port: int, engine_port: int) -> subprocess.Popen[bytes]:
+    config = Path(tempfile.mkdtemp()) / "bench.yaml"
+    config.write_text(f"port: {port}\nlog_level: warning\nmodels:\n  - id: {MODEL}\n    engines:\n"
+                      f"      - {{kind: vllm, port: {engine_port}, max_concurrency: 64}}\n")  # fmt: skip
+    env = {**os.environ, "SENTRAIL_LOG_FORMAT": "json"}
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"sentrail exited with code {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    sys.exit("sentrail did not become ready")
+
+
+def table(rows: list[tuple[int, dict[str, float], dict[str, float]]]) -> str:
+    keys = [("p50_ms", "p50 latency ms"), ("p99_ms", "p99 latency ms"), ("ttft_p50_ms", "p50 TTFT ms"),
+            ("ttft_p99_ms", "p99 TTFT ms"), ("tok_s", "output tok/s")]  # fmt: skip
+    lines = ["| concurrency | figure | direct vLLM | through Sentrail | ratio |", "|---|---|---|---|---|"]
+    for concurrency, direct, gateway in rows:
+        for key, label in keys:
+            d, g = direct[key], gateway[key]
+            lines.append(f"| {concurrency} | {label} | {d:.1f} | {g:.1f} | {g / d:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=48, help="requests per round and mode")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+
+    port, engine_port = free_port(), free_port()
+    process = start_gateway(port, engine_port)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/health/ready", process)
+        direct_url = f"http://127.0.0.1:{engine_port}/v1/chat/completions"
+        gateway_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        asyncio.run(run_load(direct_url, 4, 8, args.max_tokens))  # warm-up
+        rows = []
+        for concurrency in args.concurrency:
+            direct, gateway = [], []
+            for _ in range(args.rounds):
+                direct.append(asyncio.run(run_load(direct_url, concurrency, args.requests, args.max_tokens)))
+                gateway.append(asyncio.run(run_load(gateway_url, concurrency, args.requests, args.max_tokens)))
+            rows.append((concurrency, merge(direct), merge(gateway)))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    report = (
+        f"Streaming chat, {args.requests} requests x {args.rounds} rounds per mode, max_tokens={args.max_tokens}, "
+        f"temperature 0, model {MODEL} on vLLM CPU (eager); "
+        f"client, gateway and engine share {os.cpu_count()} cores.\n\n" + table(rows)
+    )
+    print(report)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "overhead.md").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
