@@ -9,17 +9,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from gateway.protocol import ChatCompletionChunk, ChatCompletionRequest
+from gateway.protocol import ChatCompletionChunk, ChatCompletionRequest, SentrailError
 
 
-class EngineError(Exception):
-    """Base of engine failures; `error_type` keys the gateway's error table."""
+class EngineError(SentrailError):
+    """Base of engine failures."""
 
     error_type = "engine_error"
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class EngineUnavailable(EngineError):

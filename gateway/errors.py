@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from .protocol import ErrorBody, ErrorDetail
+from .protocol import ErrorBody, ErrorDetail, SentrailError
 
 
 class ErrorKind(NamedTuple):
@@ -44,12 +44,8 @@ STATUS_ERROR_TYPES = {
 }
 
 
-class GatewayError(Exception):
+class GatewayError(SentrailError):
     error_type = "internal_error"
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class InvalidRequest(GatewayError):
@@ -77,9 +73,8 @@ def to_error_body(error_type: str, message: str, param: str | None = None) -> Er
 
 def describe(exc: BaseException) -> tuple[str, str, str | None]:
     """(error_type, client-safe message, param) for any exception; unknown ones never leak details."""
-    error_type = getattr(exc, "error_type", None)
-    if isinstance(error_type, str) and error_type in ERRORS:
-        return error_type, str(exc), getattr(exc, "param", None)
+    if isinstance(exc, SentrailError) and exc.error_type in ERRORS:
+        return exc.error_type, str(exc), exc.param
     return "internal_error", "The server had an error while processing your request.", None
 
 

@@ -22,6 +22,18 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 FunctionName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
+class SentrailError(Exception):
+    """Base of every error a client may see: `error_type` keys the gateway's one error table
+    (gateway/errors.py) and `param` names the request field at fault, if any. Each package derives its
+    own tree from it (gateway, engines, rails); this module is the leaf they all may import."""
+
+    error_type = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class RequestFieldError(ValueError):
     """A request that decodes but breaks a rule spanning fields; `param` names the offending field."""
 
