@@ -43,9 +43,15 @@ def configure_logging(
         cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(processors=[*shared[:1], renderer], foreign_pre_chain=shared)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
     )
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))  # libraries speak at WARNING and above
