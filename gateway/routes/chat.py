@@ -1,14 +1,20 @@
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
 import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
+from litestar.types import Receive
 
-from ..errors import InvalidJSON, InvalidRequest
+from ..errors import ClientDisconnected, InvalidJSON, InvalidRequest
 from ..protocol import ChatCompletionRequest, RequestFieldError, validation_message, validation_param
 
 _decoder = msgspec.json.Decoder(ChatCompletionRequest)
 _encoder = msgspec.json.Encoder()
+T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -39,5 +45,26 @@ async def chat_completions(request: Request) -> Response[bytes] | Stream:
     if chat_request.stream:
         events = await service.open_stream(chat_request, request_id)
         return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await service.complete(chat_request, request_id)
+    result = await until_disconnect(service.complete(chat_request, request_id), request.receive)
     return Response(_encoder.encode(result), media_type="application/json")
+
+
+async def until_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -> T:
+    """Run `work`, cancelling it when the client disconnects first (so the engine request aborts).
+    Streams get this from Litestar; a plain response would otherwise generate for nobody."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task not in done:
+        raise ClientDisconnected("The client disconnected before the response was ready.")
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

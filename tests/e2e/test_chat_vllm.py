@@ -98,28 +98,38 @@ def test_json_schema_response_validates(client, model):
     jsonschema.validate(json.loads(completion.choices[0].message.content), PERSON_SCHEMA)
 
 
+LONG_STORY = [{"role": "user", "content": "Write a very long story about a dragon and a knight."}]
+
+
+def assert_engine_freed_without_finishing(gateway, finished_before: float) -> None:
+    """vLLM counts a request in request_success_total only when it finishes (stop/length/...), not when
+    it is aborted: an abandoned request must leave the engine idle without adding to that count."""
+    deadline = time.monotonic() + 30
+    while gateway.engine_metric("vllm:num_requests_running") != 0:
+        assert time.monotonic() < deadline, "the engine kept generating for a client that left"
+        time.sleep(0.1)
+    assert gateway.engine_metric("vllm:request_success_total") == finished_before, "it finished instead of aborting"
+
+
 def test_client_disconnect_mid_stream_frees_the_engine(client, model, gateway):
-    # vLLM counts a request in request_success_total only when it finishes (stop/length/...), not when
-    # it is aborted: an abandoned stream must leave the engine idle without adding to that count.
     finished_before = gateway.engine_metric("vllm:request_success_total")
     stream = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": "Write a very long story about a dragon and a knight."}],
-        max_tokens=2000,
-        temperature=1.0,
-        seed=7,
-        stream=True,
+        model=model, messages=LONG_STORY, max_tokens=2000, temperature=1.0, seed=7, stream=True
     )
     for index, _ in enumerate(stream):
         if index == 3:
             break
     assert gateway.engine_metric("vllm:num_requests_running") == 1
     stream.close()  # the client goes away mid-stream
-    deadline = time.monotonic() + 30
-    while gateway.engine_metric("vllm:num_requests_running") != 0:
-        assert time.monotonic() < deadline, "the engine kept generating for a client that left"
-        time.sleep(0.1)
-    assert gateway.engine_metric("vllm:request_success_total") == finished_before, "it finished instead of aborting"
+    assert_engine_freed_without_finishing(gateway, finished_before)
+
+
+def test_client_disconnect_before_a_plain_response_frees_the_engine(model, gateway):
+    finished_before = gateway.engine_metric("vllm:request_success_total")
+    body = {"model": model, "messages": LONG_STORY, "max_tokens": 2000, "temperature": 1.0, "seed": 7}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while the engine is generating
+        httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=1.5))
+    assert_engine_freed_without_finishing(gateway, finished_before)
 
 
 def test_unknown_model_is_404(client):
