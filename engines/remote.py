@@ -13,14 +13,25 @@ import httpx
 import msgspec
 import structlog
 
-from gateway.protocol import ChatCompletionChunk, ChatCompletionRequest, ErrorBody, StreamOptions
+from gateway.protocol import ChatCompletionChunk, ChatCompletionRequest, StreamOptions
 
 from .base import EngineError, EngineRejected, EngineUnavailable
 
 log = structlog.get_logger("sentrail.engine")
 
+class _UpstreamErrorDetail(msgspec.Struct):
+    message: str = ""
+    param: str | None = None
+
+
+class _UpstreamError(msgspec.Struct):
+    """An upstream's error body, read leniently (vLLM sends `code` as a number, OpenAI as a string)."""
+
+    error: _UpstreamErrorDetail
+
+
 _chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
-_error_decoder = msgspec.json.Decoder(ErrorBody)
+_error_decoder = msgspec.json.Decoder(_UpstreamError)
 _encoder = msgspec.json.Encoder()
 
 
@@ -34,6 +45,7 @@ class OpenAIEngine:
         upstream_model: str,
         api_key: str | None = None,
         connect_timeout_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -41,7 +53,9 @@ class OpenAIEngine:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=connect_timeout_s)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, limits=limits)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=timeout, limits=limits, transport=transport
+        )
         self._streams: dict[str, httpx.Response] = {}
 
     async def start(self) -> None:
@@ -94,7 +108,9 @@ def _decode_event(data: str) -> ChatCompletionChunk:
     try:
         return _chunk_decoder.decode(data)
     except msgspec.ValidationError:
-        pass
+        pass  # valid JSON but not a chunk: an error event, or garbage
+    except msgspec.DecodeError:
+        raise EngineUnavailable("engine sent an unreadable stream event") from None
     try:
         error = _error_decoder.decode(data).error
     except msgspec.MsgspecError:

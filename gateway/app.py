@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Literal
 
 import structlog
 from litestar import Litestar, Request, Response
@@ -29,6 +30,7 @@ from .settings import EngineSettings, Settings
 
 log = structlog.get_logger("sentrail.app")
 HEALTH_INTERVAL_S = 5.0
+SPAN_NOISE: list[Literal["receive", "send"]] = ["receive", "send"]
 
 
 def build_engines(settings: Settings) -> dict[str, list[tuple[Engine, int]]]:
@@ -94,7 +96,8 @@ def create_app(
         route_handlers=ROUTES,
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
-        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=tracer_provider))],
+        # No span per ASGI send/receive: on a stream that would be one span per token.
+        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=tracer_provider, exclude_spans=SPAN_NOISE))],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
         logging_config=None,

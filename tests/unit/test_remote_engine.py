@@ -1,0 +1,79 @@
+"""How an OpenAI-compatible upstream's answers become chunks or engine errors (HTTP faked in-process)."""
+
+import httpx
+import msgspec
+import pytest
+
+from engines.base import EngineError, EngineRejected, EngineUnavailable
+from engines.remote import OpenAIEngine
+from gateway.protocol import ChatCompletionRequest, UserMessage
+from tests.doubles import text_chunks
+
+REQUEST = ChatCompletionRequest(model="public", messages=[UserMessage("hi")])
+
+
+def engine_answering(handler) -> OpenAIEngine:
+    return OpenAIEngine("e#0", "http://upstream", "upstream-model", transport=httpx.MockTransport(handler))
+
+
+def sse(*events: bytes) -> bytes:
+    return b"".join(b"data: " + e + b"\n\n" for e in events)
+
+
+async def collect(engine: OpenAIEngine):
+    return [chunk async for chunk in engine.generate(REQUEST, "req-1")]
+
+
+async def test_streams_chunks_until_done():
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["body"] = msgspec.json.decode(request.content)
+        seen["request_id"] = request.headers["x-request-id"]
+        events = [msgspec.json.encode(c) for c in text_chunks("Hi")]
+        return httpx.Response(200, content=sse(*events, b"[DONE]"), headers={"content-type": "text/event-stream"})
+
+    chunks = await collect(engine_answering(handler))
+    assert [c.choices[0].delta.content for c in chunks if c.choices] == ["", "Hi", None]
+    assert chunks[-1].usage is not None
+    assert seen["body"]["model"] == "upstream-model" and seen["body"]["stream"] is True
+    assert seen["request_id"] == "req-1"
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "param"),
+    [(400, EngineRejected, "max_tokens"), (404, EngineRejected, "max_tokens"), (500, EngineUnavailable, None),
+     (503, EngineUnavailable, None), (401, EngineUnavailable, None)],
+)  # fmt: skip
+async def test_upstream_status_maps_to_engine_errors(status, error, param):
+    body = {"error": {"message": "too many tokens", "type": "BadRequestError", "param": "max_tokens", "code": 400}}
+    engine = engine_answering(lambda request: httpx.Response(status, json=body))
+    with pytest.raises(error) as caught:
+        await collect(engine)
+    assert caught.type is error
+    assert caught.value.param == param
+    assert "too many tokens" in str(caught.value)
+
+
+async def test_error_event_mid_stream_is_an_engine_error():
+    first = msgspec.json.encode(text_chunks("Hi")[0])
+    failure = b'{"error": {"message": "engine core died", "type": "InternalServerError", "code": 500}}'
+    engine = engine_answering(lambda request: httpx.Response(200, content=sse(first, failure)))
+    with pytest.raises(EngineError, match="engine core died"):
+        await collect(engine)
+
+
+async def test_unreadable_event_is_an_unavailable_engine():
+    engine = engine_answering(lambda request: httpx.Response(200, content=sse(b"<html>")))
+    with pytest.raises(EngineUnavailable):
+        await collect(engine)
+
+
+async def test_connection_failure_is_an_unavailable_engine():
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    engine = engine_answering(refuse)
+    with pytest.raises(EngineUnavailable):
+        await collect(engine)
+    assert await engine.check_health() is False
