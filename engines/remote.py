@@ -19,6 +19,7 @@ from .base import EngineError, EngineRejected, EngineUnavailable
 
 log = structlog.get_logger("sentrail.engine")
 
+
 class _UpstreamErrorDetail(msgspec.Struct):
     message: str = ""
     param: str | None = None

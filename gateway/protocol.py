@@ -49,7 +49,7 @@ class TextPart(Struct, tag_field="type", tag="text"):
     text: str
 
 
-class ImageURL(Struct):
+class ImageURL(Struct, omit_defaults=True):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 

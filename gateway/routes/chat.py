@@ -30,6 +30,8 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
         raise InvalidRequest(f"Invalid value{where}: {validation_message(exc)}", param) from None
     except msgspec.DecodeError as exc:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidJSON("The request body is not valid UTF-8.") from None
     try:
         request.validate()
     except RequestFieldError as exc:

@@ -107,7 +107,7 @@ def test_missing_model_names_param():
     assert caught.value.param == "model"
 
 
-@pytest.mark.parametrize("raw", [b"", b"   ", b"{not json", b'{"model": "m",'])
+@pytest.mark.parametrize("raw", [b"", b"   ", b"{not json", b'{"model": "m",', b'{"model": "\xff\xfe"}'])
 def test_malformed_json(raw):
     with pytest.raises(InvalidJSON):
         decode_chat_request(raw)
@@ -149,3 +149,15 @@ def test_request_round_trips_through_encoding():
     request = decode_chat_request(body(tools=[TOOL], tool_choice="auto", seed=3, stop="END"))
     again = msgspec.json.decode(msgspec.json.encode(request), type=ChatCompletionRequest)
     assert again == request
+
+
+def test_unset_optional_fields_are_not_sent_as_null():
+    image = {"type": "image_url", "image_url": {"url": "data:,"}}
+    request = decode_chat_request(body(messages=[{"role": "user", "content": [image]}]))
+    sent = msgspec.json.decode(OpenAIEngine("e", "http://127.0.0.1:1", "u").upstream_body(request))
+    assert sent["messages"] == [{"role": "user", "content": [image]}]
+    tool = {"type": "function", "function": {"name": "f"}}
+    request = decode_chat_request(body(tools=[tool], tool_choice={"type": "function", "function": {"name": "f"}}))
+    sent = msgspec.json.decode(OpenAIEngine("e", "http://127.0.0.1:1", "u").upstream_body(request))
+    assert sent["tools"] == [tool]  # `type` is kept even though it equals its default
+    assert sent["tool_choice"] == {"function": {"name": "f"}, "type": "function"}
