@@ -23,6 +23,11 @@ log = structlog.get_logger("sentrail.engine")
 class _UpstreamErrorDetail(msgspec.Struct):
     message: str = ""
     param: str | None = None
+    code: int | str | None = None
+
+    def is_client_fault(self) -> bool:
+        """vLLM reports a request it cannot serve (a bad grammar, say) as code 400 inside the stream."""
+        return isinstance(self.code, int) and 400 <= self.code < 500 and self.code not in (408, 429)
 
 
 class _UpstreamError(msgspec.Struct):
@@ -116,6 +121,8 @@ def _decode_event(data: str) -> ChatCompletionChunk:
         error = _error_decoder.decode(data).error
     except msgspec.MsgspecError:
         raise EngineUnavailable("engine sent an unreadable stream event") from None
+    if error.is_client_fault():
+        raise EngineRejected(error.message, error.param)
     raise EngineError(f"engine error during generation: {error.message}")
 
 

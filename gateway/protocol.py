@@ -19,6 +19,7 @@ Temperature = Annotated[float, Meta(ge=0, le=2)]
 TopP = Annotated[float, Meta(gt=0, le=1)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
 PositiveInt = Annotated[int, Meta(ge=1)]
+NonEmptyStr = Annotated[str, Meta(min_length=1)]
 FunctionName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
@@ -170,7 +171,7 @@ class StreamOptions(Struct, omit_defaults=True):
 class ChatCompletionRequest(Struct, omit_defaults=True):
     """`POST /v1/chat/completions`. Unknown fields are ignored and never forwarded to an engine."""
 
-    model: Annotated[str, Meta(min_length=1)]
+    model: NonEmptyStr
     messages: Annotated[list[Message], Meta(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -182,7 +183,7 @@ class ChatCompletionRequest(Struct, omit_defaults=True):
     top_p: TopP | None = None
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
+    stop: NonEmptyStr | Annotated[list[NonEmptyStr], Meta(max_length=4)] | None = None
     seed: int | None = None
     n: int | None = None
     presence_penalty: Penalty | None = None

@@ -86,6 +86,7 @@ def test_json_schema_format_keeps_schema():
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         ({"messages": []}, "messages"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": ["ok", ""]}, "stop[1]"),
         ({"n": 2}, "n"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"tool_choice": "required"}, "tool_choice"),

@@ -63,6 +63,15 @@ async def test_error_event_mid_stream_is_an_engine_error():
         await collect(engine)
 
 
+async def test_client_fault_reported_in_stream_is_a_rejection():
+    failure = (
+        b'{"error": {"message": "Grammar error: bad $ref", "type": "BadRequestError", "param": null, "code": 400}}'
+    )
+    engine = engine_answering(lambda request: httpx.Response(200, content=sse(failure, b"[DONE]")))
+    with pytest.raises(EngineRejected, match="Grammar error"):
+        await collect(engine)
+
+
 async def test_unreadable_event_is_an_unavailable_engine():
     engine = engine_answering(lambda request: httpx.Response(200, content=sse(b"<html>")))
     with pytest.raises(EngineUnavailable):
