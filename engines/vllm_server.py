@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
-import signal
-import socket
 import sys
 import time
 
@@ -22,6 +19,7 @@ import httpx
 import structlog
 
 from .base import EngineUnavailable
+from .process import die_with_parent, free_port
 from .remote import OpenAIEngine
 
 log = structlog.get_logger("sentrail.engine")
@@ -29,18 +27,6 @@ log = structlog.get_logger("sentrail.engine")
 # Flags every managed engine gets: eager mode (compiled bf16 gave wrong greedy output on CPU and starts
 # 3x slower) and the hermes tool-call parser that SmolLM2-style chat templates need.
 BASE_ARGS = ("--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when the gateway dies, so no engine outlives it."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class VllmServerEngine(OpenAIEngine):
@@ -80,7 +66,7 @@ class VllmServerEngine(OpenAIEngine):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._log_task = asyncio.create_task(self._pump_logs(self._process))
         while not await self.check_health():

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from engines.models import EMBEDDED_MODEL_ID, prepare_embedded_model
-from engines.vllm_server import free_port
+from engines.process import free_port
 from gateway.app import create_app
 from gateway.observability import configure_logging
 from gateway.settings import load_settings

