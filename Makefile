@@ -23,7 +23,7 @@ model: install
 	$(BIN)/sentrail model prepare
 
 serve: install
-	$(BIN)/sentrail serve
+	$(BIN)/sentrail serve --dev
 
 test: model
 	$(BIN)/ruff check .

@@ -110,7 +110,7 @@ def merge(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def start_gateway(port: int, engine_port: int) -> subprocess.Popen[bytes]:
     config = Path(tempfile.mkdtemp()) / "bench.yaml"
-    config.write_text(f"port: {port}\nlog_level: warning\nmodels:\n  - id: {MODEL}\n    engines:\n"
+    config.write_text(f"port: {port}\nlog_level: warning\ndev_mode: true\nmodels:\n  - id: {MODEL}\n    engines:\n"
                       f"      - {{kind: vllm, port: {engine_port}, max_concurrency: 64}}\n")  # fmt: skip
     env = {**os.environ, "SENTRAIL_LOG_FORMAT": "json"}
     command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]

@@ -22,10 +22,14 @@ from engines.vllm_server import VllmServerEngine
 
 from .chat import ChatService
 from .errors import STATUS_ERROR_TYPES, describe, kind_of, to_error_body
+from .keys import KeyStore
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .observability import build_tracer_provider
+from .ratelimit import RateLimiter
+from .redis_server import EmbeddedRedis, connect_redis, write_redis_url
 from .routes import ROUTES
+from .sessions import SessionStore
 from .settings import EngineSettings, Settings
 
 log = structlog.get_logger("sentrail.app")
@@ -64,7 +68,9 @@ def handle_exception(request: Request, exc: Exception) -> Response:
         error_type, message, param = describe(exc)
     if error_type == "internal_error":
         log.error("unhandled_error", exc_info=exc)
-    headers = {"Retry-After": str(getattr(exc, "retry_after_s", 1))} if error_type == "overloaded" else None
+    headers = dict(getattr(exc, "headers", None) or {})
+    if error_type in ("overloaded", "rate_limit_exceeded"):
+        headers["Retry-After"] = str(getattr(exc, "retry_after_s", 1))
     return Response(to_error_body(error_type, message, param), status_code=kind_of(error_type).status, headers=headers)
 
 
@@ -77,19 +83,32 @@ def create_app(
     metrics = Metrics()
     tracer_provider = build_tracer_provider(span_processors)
     tracer = tracer_provider.get_tracer("sentrail")
+    embedded_redis = None
+    redis_url = settings.redis_url
+    if not redis_url:  # the default: an embedded Redis persisting under <data_dir>/redis
+        embedded_redis = EmbeddedRedis(settings.data_path / "redis", fsync=settings.redis_fsync)
+        redis_url = embedded_redis.url
+    redis = connect_redis(redis_url, settings.redis_timeout_s)
+    sessions = SessionStore(redis, settings.session_ttl_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if embedded_redis is not None:
+            await embedded_redis.start()
+            write_redis_url(settings.data_path, embedded_redis.url)
         if engines is None:
             await _prepare_embedded(settings)
         await pool.start()
         watcher = asyncio.create_task(_watch_health(pool))
-        log.info("gateway_ready", models=pool.model_ids)
+        log.info("gateway_ready", models=pool.model_ids, dev_mode=settings.dev_mode)
         try:
             yield
         finally:
             watcher.cancel()
             await pool.stop()
+            await redis.aclose()
+            if embedded_redis is not None:
+                await embedded_redis.stop()
             tracer_provider.shutdown()
 
     app = Litestar(
@@ -104,8 +123,9 @@ def create_app(
         debug=False,
     )
     app.state.update(
-        pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()),
-        chat=ChatService(pool, metrics, tracer),
+        pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()), redis=redis, sessions=sessions,
+        key_store=KeyStore(redis, settings.key_cache_s),
+        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis)),
     )  # fmt: skip
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
     return app

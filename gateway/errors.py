@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import msgspec
+from redis.exceptions import RedisError
 
 from .protocol import ErrorBody, ErrorDetail, SentrailError
 
@@ -33,6 +34,12 @@ ERRORS: dict[str, ErrorKind] = {
     "engine_error": ErrorKind(502, "server_error"),
     "rail_failed": ErrorKind(503, "server_error"),
     "engine_unavailable": ErrorKind(503, "server_error"),
+    "store_unavailable": ErrorKind(503, "server_error"),
+    "invalid_api_key": ErrorKind(401, "authentication_error"),
+    "permission_denied": ErrorKind(403, "permission_error"),
+    "budget_exceeded": ErrorKind(403, "permission_error"),
+    "rate_limit_exceeded": ErrorKind(429, "rate_limit_error"),
+    "session_not_found": ErrorKind(404, "invalid_request_error"),
 }
 
 # Litestar's own HTTP exceptions (routing, body limits) by status code.
@@ -63,6 +70,36 @@ class ClientDisconnected(GatewayError):
     error_type = "client_disconnected"
 
 
+class Unauthorized(GatewayError):
+    error_type = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    error_type = "permission_denied"
+
+
+class BudgetExceeded(GatewayError):
+    """A session budget is spent; the message names it. Not retryable, hence 403 and not 429."""
+
+    error_type = "budget_exceeded"
+
+
+class RateLimited(GatewayError):
+    error_type = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: int, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+
+
+class SessionNotFound(GatewayError):
+    error_type = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"No session {session_id!r} for this tenant.", "session_id")
+
+
 class ModelNotFound(GatewayError):
     error_type = "model_not_found"
 
@@ -82,6 +119,8 @@ def describe(exc: BaseException) -> tuple[str, str, str | None]:
     """(error_type, client-safe message, param) for any exception; unknown ones never leak details."""
     if isinstance(exc, SentrailError) and exc.error_type in ERRORS:
         return exc.error_type, str(exc), exc.param
+    if isinstance(exc, RedisError):  # fail closed: no session state, no step
+        return "store_unavailable", "The session store is unavailable; retry shortly.", None
     return "internal_error", "The server had an error while processing your request.", None
 
 

@@ -333,4 +333,5 @@ def validation_message(error: msgspec.ValidationError) -> str:
 class HealthResponse(Struct):
     message: str
     models: dict[str, bool] | None = None
+    store: bool | None = None
     object: str = "health.response"

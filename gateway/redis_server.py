@@ -84,3 +84,19 @@ class EmbeddedRedis:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+def connect_redis(url: str, timeout_s: float) -> aioredis.Redis:
+    """A client that fails fast when Redis is away (the caller fails closed) and reconnects by itself."""
+    return aioredis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=15
+    )
+
+
+def redis_url_file(data_dir: Path) -> Path:
+    return data_dir / "redis" / "url"
+
+
+def write_redis_url(data_dir: Path, url: str) -> None:
+    """Tell `sentrail keys ...` on this machine where the running gateway's embedded Redis listens."""
+    redis_url_file(data_dir).write_text(url + "\n")

@@ -51,11 +51,22 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     wait_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    home: str = ""  # where prepared models live; defaults to $SENTRAIL_HOME or ~/.cache/sentrail
+    home: str = ""  # models and data live here; defaults to $SENTRAIL_HOME or ~/.cache/sentrail
+    data_dir: str = ""  # the embedded Redis persists here; defaults to <home>/data
+    redis_url: str = ""  # empty: start the embedded Redis under <data_dir>/redis
+    redis_fsync: Literal["always", "everysec"] = "everysec"  # embedded Redis AOF fsync policy
+    redis_timeout_s: Annotated[float, Meta(gt=0)] = 2.0  # connect and command timeout: fail closed, fast
+    dev_mode: bool = False  # no API keys; every request is tenant "dev". Refused unless bound to loopback
+    session_ttl_s: Annotated[int, Meta(ge=60)] = 7 * 24 * 3600  # idle sessions expire after this
+    key_cache_s: Annotated[float, Meta(ge=0)] = 5.0  # how long a looked-up API key is trusted in-process
 
     @property
     def home_path(self) -> Path:
         return Path(self.home) if self.home else default_home()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else self.home_path / "data"
 
 
 # Environment variable -> settings field. Values are parsed with the field's type.
@@ -68,7 +79,15 @@ ENV_VARS = {
     "SENTRAIL_LOG_FORMAT": "log_format",
     "SENTRAIL_LOG_LEVEL": "log_level",
     "SENTRAIL_HOME": "home",
+    "SENTRAIL_DATA_DIR": "data_dir",
+    "REDIS_URL": "redis_url",
+    "SENTRAIL_REDIS_URL": "redis_url",
+    "SENTRAIL_REDIS_FSYNC": "redis_fsync",
+    "SENTRAIL_DEV_MODE": "dev_mode",
+    "SENTRAIL_SESSION_TTL_S": "session_ttl_s",
 }
+
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
 
 def load_settings(config_file: str | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -83,10 +102,13 @@ def load_settings(config_file: str | None = None, environ: dict[str, str] | None
             raw[name] = environ[var]
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid settings{where}: {exc}") from None
+    if settings.dev_mode and settings.host not in LOOPBACK_HOSTS:
+        raise ConfigError(f"dev_mode (no API keys) is only allowed on a loopback address, not on {settings.host!r}")
+    return settings
 
 
 def _read_file(path: Path) -> dict[str, Any]:

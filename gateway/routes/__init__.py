@@ -3,5 +3,6 @@
 from .chat import chat_completions
 from .health import live, metrics, ready
 from .models import get_model, list_models
+from .sessions import delete_session, get_session, list_sessions
 
-ROUTES = [chat_completions, list_models, get_model, live, ready, metrics]
+ROUTES = [chat_completions, list_models, get_model, live, ready, metrics, list_sessions, get_session, delete_session]

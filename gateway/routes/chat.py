@@ -9,8 +9,11 @@ from litestar import Request, Response, post
 from litestar.response import Stream
 from litestar.types import Receive
 
+from ..chat import StepContext
 from ..errors import ClientDisconnected, InvalidJSON, InvalidRequest
 from ..protocol import ChatCompletionRequest, RequestFieldError, validation_message, validation_param
+from ..sessions import resolve_session_id
+from .deps import authenticate
 
 _decoder = msgspec.json.Decoder(ChatCompletionRequest)
 _encoder = msgspec.json.Encoder()
@@ -41,14 +44,16 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request) -> Response[bytes] | Stream:
+    key = await authenticate(request)
     chat_request = decode_chat_request(await request.body())
+    session_id, is_new = resolve_session_id(request.headers.get("x-session-id"), chat_request)
+    ctx = StepContext(request.scope["sentrail_request_id"], key, session_id, is_new)  # type: ignore[typeddict-item]
     service = request.app.state.chat
-    request_id = request.scope["sentrail_request_id"]  # type: ignore[typeddict-item]
     if chat_request.stream:
-        events = await service.open_stream(chat_request, request_id)
-        return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await until_disconnect(service.complete(chat_request, request_id), request.receive)
-    return Response(_encoder.encode(result), media_type="application/json")
+        events = await service.open_stream(chat_request, ctx)
+        return Stream(events, media_type="text/event-stream", headers={**SSE_HEADERS, **ctx.headers})
+    result = await until_disconnect(service.complete(chat_request, ctx), request.receive)
+    return Response(_encoder.encode(result), media_type="application/json", headers=ctx.headers)
 
 
 async def until_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -> T:

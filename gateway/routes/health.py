@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Request, Response, get
+from redis.exceptions import RedisError
 
 from ..protocol import HealthResponse
 
@@ -15,9 +16,13 @@ async def live() -> HealthResponse:
 @get("/v1/health/ready")
 async def ready(request: Request) -> Response[HealthResponse]:
     models = await request.app.state.pool.readiness()
-    if models and all(models.values()):
-        return Response(HealthResponse(message="Service is ready.", models=models))
-    return Response(HealthResponse(message="Service is not ready.", models=models), status_code=503)
+    try:
+        store = bool(await request.app.state.redis.ping())
+    except RedisError:
+        store = False
+    if models and all(models.values()) and store:
+        return Response(HealthResponse(message="Service is ready.", models=models, store=store))
+    return Response(HealthResponse(message="Service is not ready.", models=models, store=store), status_code=503)
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4")

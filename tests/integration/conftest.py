@@ -1,11 +1,13 @@
 import io
 
 import pytest
+import redis.asyncio as aioredis
 from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import create_app
+from gateway.keys import KeyStore
 from gateway.observability import configure_logging
 from gateway.settings import load_settings
 from tests.doubles import ScriptedEngine
@@ -26,10 +28,13 @@ def logs():
 
 
 @pytest.fixture
-def make_client(spans, logs):
-    """Build the real app around scripted engines: make_client(engine, limit=..., **settings)."""
+def make_client(spans, logs, redis_server):
+    """Build the real app around scripted engines and a real Redis: make_client(engine, limit=..., **settings).
+    Development mode (no keys) unless `dev_mode=False` is passed."""
+    redis_server.flush()
 
     def make(*engines: ScriptedEngine, limit: int = 8, **overrides):
+        overrides = {"redis_url": redis_server.url, "dev_mode": True, "key_cache_s": 0, **overrides}
         settings = load_settings(environ={}, **overrides)
         app = create_app(
             settings,
@@ -39,3 +44,11 @@ def make_client(spans, logs):
         return AsyncTestClient(app)
 
     return make
+
+
+@pytest.fixture
+async def keys(redis_server):
+    """A KeyStore on the test's own event loop (the app under test runs on the test client's loop)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield KeyStore(client)
+    await client.aclose()

@@ -1,45 +1,71 @@
-"""The step orchestration: an early stop aborts the engine request and frees the slot."""
+"""The step orchestration over a scripted engine and a real Redis: early stops abort the engine request
+and free the slot; a client that leaves before a plain response is ready cancels the work."""
 
 import asyncio
 
 import pytest
+import redis.asyncio as aioredis
 from opentelemetry.trace import NoOpTracer
 
 from engines.pool import EnginePool
-from gateway.chat import ChatService
+from gateway.chat import ChatService, StepContext
 from gateway.errors import ClientDisconnected
+from gateway.keys import DEV_KEY
 from gateway.metrics import Metrics
 from gateway.protocol import ChatCompletionRequest, UserMessage
+from gateway.ratelimit import RateLimiter
 from gateway.routes.chat import until_disconnect
+from gateway.sessions import SessionStore
 from tests.doubles import ScriptedEngine, text_chunks
 
 
-async def test_closing_a_stream_early_aborts_the_engine_request():
+@pytest.fixture
+async def make_service(redis_server):
+    redis_server.flush()
+    clients = []
+
+    def make(engine: ScriptedEngine) -> tuple[ChatService, EnginePool]:
+        client = aioredis.Redis.from_url(redis_server.url)
+        clients.append(client)
+        pool = EnginePool({"m": [(engine, 1)]})
+        return ChatService(pool, Metrics(), NoOpTracer(), SessionStore(client, 3600), RateLimiter(client)), pool
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def ctx(request_id: str) -> StepContext:
+    return StepContext(request_id, DEV_KEY, f"sess-{request_id}", True)
+
+
+async def test_closing_a_stream_early_aborts_the_engine_request(make_service):
     engine = ScriptedEngine(text_chunks(*["tok"] * 50))
-    pool = EnginePool({"m": [(engine, 1)]})
-    service = ChatService(pool, Metrics(), NoOpTracer())
+    service, pool = make_service(engine)
     request = ChatCompletionRequest(model="m", messages=[UserMessage("hi")], stream=True)
-    events = await service.open_stream(request, "req-1")
+    events = await service.open_stream(request, ctx("req-1"))
     for _ in range(3):
         await anext(events)
     await events.aclose()
     assert engine.aborted == ["req-1"]
     assert pool.load()["m"] == {"inflight": 0, "waiting": 0}
+    assert await service.sessions.load("dev", "sess-req-1") is None  # an abandoned step is not recorded
 
 
-async def test_a_finished_stream_is_not_aborted():
+async def test_a_finished_stream_is_recorded_and_not_aborted(make_service):
     engine = ScriptedEngine()
-    service = ChatService(EnginePool({"m": [(engine, 1)]}), Metrics(), NoOpTracer())
+    service, _ = make_service(engine)
     request = ChatCompletionRequest(model="m", messages=[UserMessage("hi")], stream=True)
-    events = [e async for e in await service.open_stream(request, "req-2")]
+    events = [e async for e in await service.open_stream(request, ctx("req-2"))]
     assert events[-1] == b"data: [DONE]\n\n"
     assert engine.aborted == []
+    state = await service.sessions.load("dev", "sess-req-2")
+    assert state is not None and state.steps == 1 and state.tokens_out == 2
 
 
-async def test_plain_response_is_cancelled_when_the_client_disconnects():
+async def test_plain_response_is_cancelled_when_the_client_disconnects(make_service):
     engine = ScriptedEngine(text_chunks(*["tok"] * 50), delay_s=0.05)
-    pool = EnginePool({"m": [(engine, 1)]})
-    service = ChatService(pool, Metrics(), NoOpTracer())
+    service, pool = make_service(engine)
     request = ChatCompletionRequest(model="m", messages=[UserMessage("hi")])
 
     async def receive():
@@ -47,7 +73,7 @@ async def test_plain_response_is_cancelled_when_the_client_disconnects():
         return {"type": "http.disconnect"}
 
     with pytest.raises(ClientDisconnected):
-        await until_disconnect(service.complete(request, "req-3"), receive)
+        await until_disconnect(service.complete(request, ctx("req-3")), receive)
     for _ in range(100):  # let the cancelled work run its cleanup
         if engine.aborted:
             break
@@ -56,13 +82,13 @@ async def test_plain_response_is_cancelled_when_the_client_disconnects():
     assert pool.load()["m"]["inflight"] == 0
 
 
-async def test_plain_response_is_returned_when_the_client_stays():
-    service = ChatService(EnginePool({"m": [(ScriptedEngine(), 1)]}), Metrics(), NoOpTracer())
+async def test_plain_response_is_returned_when_the_client_stays(make_service):
+    service, _ = make_service(ScriptedEngine())
     request = ChatCompletionRequest(model="m", messages=[UserMessage("hi")])
     never = asyncio.Event()
 
     async def receive():
         await never.wait()
 
-    result = await until_disconnect(service.complete(request, "req-4"), receive)
+    result = await until_disconnect(service.complete(request, ctx("req-4")), receive)
     assert result.choices[0].message.content == "Hello world"

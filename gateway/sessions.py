@@ -1,0 +1,259 @@
+"""Agent sessions in Redis, always scoped by tenant.
+
+One session is four keys sharing a hash tag (so one MULTI covers them, on Cluster too):
+  meta    hash: created_at, updated_at, steps, tokens_in, tokens_out, tool_calls
+  steps   list: one JSON record per step, in order (list position = step number)
+  calls   hash: tool-call id -> the call Sentrail emitted (name, arguments, step, decision, answered)
+  labels  set: data-flow labels; only ever added to
+plus a per-tenant index (sorted set by last update) for listing.
+
+Hot path: `begin` reads the session in one pipelined round trip; `commit` writes the whole step in
+one MULTI/EXEC. A client that edits or drops its resent history changes nothing stored here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from .errors import BudgetExceeded, InvalidRequest, SessionNotFound
+from .keys import KeyRecord
+from .protocol import AssistantMessage, ChatCompletionRequest, ToolMessage
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_encoder = msgspec.json.Encoder()
+
+
+class ToolCallRecord(msgspec.Struct, omit_defaults=True):
+    name: str
+    arguments: str
+    step: int
+    decision: str = "allowed"
+    answered: bool = False
+
+
+class Step(msgspec.Struct, omit_defaults=True):
+    """What one request did: what arrived, what was emitted, what it cost, what was flagged."""
+
+    at: float
+    request_id: str
+    api: str
+    model: str
+    received: list[dict[str, Any]] = []
+    emitted: dict[str, Any] = {}
+    usage: dict[str, int] = {}
+    flags: list[str] = []
+
+
+class SessionState(msgspec.Struct):
+    session_id: str
+    tenant: str
+    created_at: float
+    updated_at: float
+    steps: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tool_calls: int = 0
+    labels: list[str] = []
+    calls: dict[str, ToolCallRecord] = {}
+
+
+class SessionSummary(msgspec.Struct):
+    id: str
+    created_at: float
+    updated_at: float
+    steps: int
+    tokens_in: int
+    tokens_out: int
+    tool_calls: int
+    labels: list[str]
+    object: str = "session"
+
+
+def resolve_session_id(header: str | None, request: ChatCompletionRequest | None = None) -> tuple[str, bool]:
+    """(session id, is_new): the `X-Session-Id` header, else `metadata.session_id`, else a new id."""
+    candidate = header
+    if not candidate and request is not None and request.metadata:
+        candidate = request.metadata.get("session_id")
+    if not candidate:
+        return f"sess_{uuid.uuid4().hex}", True
+    if not SESSION_ID.match(candidate):
+        raise InvalidRequest("Session ids are 1-128 characters of A-Z a-z 0-9 . _ : -", "X-Session-Id")
+    return candidate, False
+
+
+def _keys(tenant: str, session_id: str) -> tuple[str, str, str, str]:
+    tag = f"sentrail:{{{tenant}|{session_id}}}"
+    return f"{tag}:meta", f"{tag}:steps", f"{tag}:calls", f"{tag}:labels"
+
+
+def _index(tenant: str) -> str:
+    return f"sentrail:tenant:{tenant}:sessions"
+
+
+def new_messages(request: ChatCompletionRequest) -> list[Any]:
+    """The messages after the last assistant turn: what arrived in this step."""
+    messages = request.messages
+    for index in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[index], AssistantMessage):
+            return messages[index + 1 :]
+    return list(messages)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(getattr(part, "text", "") for part in content or ())
+
+
+class PendingStep:
+    """A step between `begin` and `commit`: the loaded state and what arrived."""
+
+    def __init__(self, state: SessionState, key: KeyRecord, is_new: bool) -> None:
+        self.state = state
+        self.key = key
+        self.is_new = is_new
+        self.received: list[dict[str, Any]] = []
+        self.answered: list[str] = []
+        self.flags: list[str] = []
+
+    def observe(self, request: ChatCompletionRequest) -> None:
+        """Record what arrived; flag tool results that answer no call Sentrail emitted here."""
+        for message in new_messages(request):
+            if isinstance(message, ToolMessage):
+                call = self.state.calls.get(message.tool_call_id)
+                known = call is not None
+                if not known:
+                    self.flags.append(f"unknown_tool_call_id:{message.tool_call_id}")
+                elif not call.answered:
+                    self.answered.append(message.tool_call_id)
+                item = {"role": "tool", "tool_call_id": message.tool_call_id, "known": known}
+                self.received.append({**item, "content": _text(message.content)})
+            else:
+                self.received.append({"role": type(message).__struct_config__.tag, "content": _text(message.content)})
+
+    def check_budgets(self, now: float) -> int | None:
+        """Raise `BudgetExceeded` naming the spent budget; return the tokens left (None: unlimited)."""
+        limits, state = self.key.limits, self.state
+        if limits.max_session_steps and state.steps >= limits.max_session_steps:
+            raise BudgetExceeded(f"Session budget max_session_steps={limits.max_session_steps} is spent.", "budget")
+        if limits.max_session_seconds and now - state.created_at > limits.max_session_seconds:
+            raise BudgetExceeded(f"Session budget max_session_seconds={limits.max_session_seconds} is spent.", "budget")
+        if limits.max_session_tokens:
+            left = limits.max_session_tokens - state.tokens_in - state.tokens_out
+            if left <= 0:
+                raise BudgetExceeded(
+                    f"Session budget max_session_tokens={limits.max_session_tokens} is spent.", "budget"
+                )
+            return left
+        return None
+
+
+class SessionStore:
+    def __init__(self, redis: aioredis.Redis, ttl_s: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+
+    async def begin(self, key: KeyRecord, session_id: str, is_new: bool) -> PendingStep:
+        state = await self.load(key.tenant, session_id) if not is_new else None
+        now = time.time()
+        if state is None:
+            state = SessionState(session_id, key.tenant, created_at=now, updated_at=now)
+            is_new = True
+        return PendingStep(state, key, is_new)
+
+    async def load(self, tenant: str, session_id: str) -> SessionState | None:
+        meta_key, _, calls_key, labels_key = _keys(tenant, session_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(meta_key)
+            pipe.hgetall(calls_key)
+            pipe.smembers(labels_key)
+            meta, calls, labels = await pipe.execute()
+        if not meta:
+            return None
+        return SessionState(
+            session_id,
+            tenant,
+            created_at=float(meta[b"created_at"]),
+            updated_at=float(meta[b"updated_at"]),
+            steps=int(meta.get(b"steps", 0)),
+            tokens_in=int(meta.get(b"tokens_in", 0)),
+            tokens_out=int(meta.get(b"tokens_out", 0)),
+            tool_calls=int(meta.get(b"tool_calls", 0)),
+            labels=sorted(label.decode() for label in labels),
+            calls={k.decode(): msgspec.json.decode(v, type=ToolCallRecord) for k, v in calls.items()},
+        )
+
+    async def commit(self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]) -> int:
+        """Write the whole step atomically (one MULTI/EXEC); returns the step number."""
+        state = pending.state
+        meta_key, steps_key, calls_key, labels_key = _keys(state.tenant, state.session_id)
+        now = step.at
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(meta_key, "created_at", repr(state.created_at))
+            pipe.hset(meta_key, "updated_at", repr(now))
+            pipe.hincrby(meta_key, "steps", 1)
+            pipe.hincrby(meta_key, "tokens_in", step.usage.get("input", 0))
+            pipe.hincrby(meta_key, "tokens_out", step.usage.get("output", 0))
+            pipe.hincrby(meta_key, "tool_calls", len(emitted_calls))
+            pipe.rpush(steps_key, _encoder.encode(step))
+            updates = {call_id: _encoder.encode(call) for call_id, call in emitted_calls.items()}
+            for call_id in pending.answered:
+                answered = msgspec.structs.replace(state.calls[call_id], answered=True)
+                updates[call_id] = _encoder.encode(answered)
+            if updates:
+                pipe.hset(calls_key, mapping=updates)
+            for key in (meta_key, steps_key, calls_key, labels_key):
+                pipe.expire(key, self.ttl_s)
+            pipe.zadd(_index(state.tenant), {state.session_id: now})
+            results = await pipe.execute()
+        return int(results[2])
+
+    async def steps(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
+        _, steps_key, _, _ = _keys(tenant, session_id)
+        raw = await self.redis.lrange(steps_key, 0, -1)
+        if not raw and await self.load(tenant, session_id) is None:
+            raise SessionNotFound(session_id)
+        return [{"step": n, **msgspec.json.decode(item)} for n, item in enumerate(raw, start=1)]
+
+    async def summary(self, tenant: str, session_id: str) -> SessionSummary:
+        state = await self.load(tenant, session_id)
+        if state is None:
+            raise SessionNotFound(session_id)
+        return _summary(state)
+
+    async def list(self, tenant: str, limit: int = 100) -> list[SessionSummary]:
+        ids = await self.redis.zrevrange(_index(tenant), 0, limit - 1)
+        summaries = []
+        for raw_id in ids:
+            state = await self.load(tenant, raw_id.decode())
+            if state is None:  # expired: drop it from the index
+                await self.redis.zrem(_index(tenant), raw_id)
+                continue
+            summaries.append(_summary(state))
+        return summaries
+
+    async def delete(self, tenant: str, session_id: str) -> bool:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*_keys(tenant, session_id))
+            pipe.zrem(_index(tenant), session_id)
+            deleted, _ = await pipe.execute()
+        return deleted > 0
+
+
+def _summary(state: SessionState) -> SessionSummary:
+    return SessionSummary(
+        id=state.session_id,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        steps=state.steps,
+        tokens_in=state.tokens_in,
+        tokens_out=state.tokens_out,
+        tool_calls=state.tool_calls,
+        labels=state.labels,
+    )
