@@ -37,7 +37,7 @@ class ToolCallRecord(msgspec.Struct, omit_defaults=True):
     answered: bool = False
 
 
-class Step(msgspec.Struct, omit_defaults=True):
+class Step(msgspec.Struct):
     """What one request did: what arrived, what was emitted, what it cost, what was flagged."""
 
     at: float

@@ -39,9 +39,11 @@ class Gateway:
 
 
 @pytest.fixture(scope="session")
-def gateway():
+def gateway(tmp_path_factory):
+    """The product's default path: the embedded Redis (under a fresh data dir) and the embedded model."""
     configure_logging("console", "info", cache=False)
-    settings = load_settings(environ={}, port=free_port())
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    settings = load_settings(environ={}, port=free_port(), dev_mode=True, data_dir=data_dir)
     prepare_embedded_model(settings.home_path)
     spans = InMemorySpanExporter()
     app = create_app(settings, span_processors=[SimpleSpanProcessor(spans)])

@@ -160,3 +160,33 @@ def test_models_and_probes(client, model, gateway):
     assert ready.status_code == 200 and ready.json()["models"] == {model: True}
     metrics = httpx.get(f"{gateway.base_url}/metrics").text
     assert 'sentrail_tokens_total{direction="output"' in metrics
+
+
+def test_agent_loop_is_recorded_in_its_session(client, model, gateway):
+    """A tool call, its result, and the answer: three messages' worth of agent loop in one session."""
+    tool = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": WEATHER_SCHEMA, "strict": True},
+    }
+    session = {"X-Session-Id": "e2e-agent-loop"}
+    messages = [{"role": "user", "content": "What is the weather in Paris in celsius?"}]
+    first = client.chat.completions.create(
+        model=model, messages=messages, tools=[tool], tool_choice="required", max_tokens=64, temperature=0,
+        extra_headers=session,
+    )  # fmt: skip
+    call = first.choices[0].message.tool_calls[0]
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees, sunny"},
+    ]
+    second = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=32, temperature=0, extra_headers=session
+    )
+    assert second.choices[0].message.content
+    body = httpx.get(f"{gateway.base_url}/v1/sessions/e2e-agent-loop").json()
+    assert body["session"]["steps"] == 2 and body["session"]["tool_calls"] == 1
+    assert body["steps"][0]["emitted"]["tool_calls"][0]["id"] == call.id
+    assert body["steps"][1]["received"] == [
+        {"role": "tool", "tool_call_id": call.id, "known": True, "content": "18 degrees, sunny"}
+    ]
+    assert body["steps"][1]["flags"] == []
