@@ -13,6 +13,7 @@ import msgspec
 
 from engines.models import prepare_embedded_model
 
+from .observability import configure_logging
 from .settings import ConfigError, Settings, load_settings
 
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         settings = load_settings(args.config)
+        configure_logging(settings.log_format, "warning", cache=False)  # stdout is for the output
         if args.command == "model":
             prepare_embedded_model(settings.home_path, force=args.force)
             return 0
@@ -61,7 +63,6 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .observability import configure_logging
 
     settings = load_settings(args.config, host=args.host, port=args.port, dev_mode=args.dev or None)
     configure_logging(settings.log_format, settings.log_level)
