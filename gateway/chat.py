@@ -9,7 +9,7 @@ non-streaming clients.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -43,6 +43,33 @@ class StepContext:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class StepRun:
+    """One admitted step: the (possibly capped) request, its session state, and the folded output."""
+
+    request: ChatCompletionRequest
+    ctx: StepContext
+    pending: PendingStep
+    accumulator: Accumulator
+    api: str = "chat"
+
+
+Renderer = Callable[[StepRun, AsyncIterator[ChatCompletionChunk]], AsyncGenerator[bytes, None]]
+ErrorRenderer = Callable[[BaseException], bytes]
+
+
+async def chat_events(step: StepRun, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncGenerator[bytes, None]:
+    """Chat completion chunks as SSE; usage only when the client asked for it; `[DONE]` last."""
+    include_usage = step.request.include_usage
+    async for chunk in chunks:
+        if chunk.usage is not None and not include_usage:
+            if not chunk.choices:
+                continue
+            chunk.usage = None
+        yield sse_event(chunk)
+    yield DONE
+
+
 class ChatService:
     def __init__(
         self,
@@ -62,19 +89,25 @@ class ChatService:
         self._models = set(pool.model_ids)
 
     async def complete(self, request: ChatCompletionRequest, ctx: StepContext) -> ChatCompletion:
-        request, pending = await self._begin(request, ctx)
-        accumulator = Accumulator()
-        async with aclosing(self._generate(request, ctx.request_id)) as chunks:
-            async for chunk in chunks:
-                accumulator.add(chunk)
-        await self._commit(request, ctx, pending, accumulator)
-        return accumulator.result(request.model)
+        step = await self.begin(request, ctx)
+        async with aclosing(self.run(step)) as chunks:
+            async for _ in chunks:
+                pass
+        return step.accumulator.result(request.model)
 
-    async def open_stream(self, request: ChatCompletionRequest, ctx: StepContext) -> AsyncIterator[bytes]:
+    async def open_stream(
+        self,
+        request: ChatCompletionRequest,
+        ctx: StepContext,
+        render: Renderer | None = None,
+        on_error: ErrorRenderer = sse_error_event,
+        api: str = "chat",
+    ) -> AsyncIterator[bytes]:
         """Start a stream and wait for its first event, so that a failure before the first byte is
-        raised here (and becomes a JSON error) rather than inside an already-started 200 stream."""
-        request, pending = await self._begin(request, ctx)
-        events = self._sse(request, ctx, pending)
+        raised here (and becomes a JSON error) rather than inside an already-started 200 stream.
+        `render` turns the step's chunks into wire events (chat completion chunks by default)."""
+        step = await self.begin(request, ctx, api)
+        events = self._sse(step, render or chat_events, on_error)
         try:
             first = await anext(events)
         except BaseException:
@@ -82,33 +115,30 @@ class ChatService:
             raise
         return prepend(first, events)
 
-    async def _sse(
-        self, request: ChatCompletionRequest, ctx: StepContext, pending: PendingStep
-    ) -> AsyncGenerator[bytes, None]:
+    async def _sse(self, step: StepRun, render: Renderer, on_error: ErrorRenderer) -> AsyncGenerator[bytes, None]:
         started = False
-        accumulator = Accumulator()
         try:
-            async with aclosing(self._generate(request, ctx.request_id)) as chunks:
-                async for chunk in chunks:
-                    accumulator.add(chunk)
-                    if chunk.usage is not None and not request.include_usage:
-                        if not chunk.choices:
-                            continue
-                        chunk.usage = None
+            async with aclosing(self.run(step)) as chunks, aclosing(render(step, chunks)) as events:
+                async for event in events:
                     started = True
-                    yield sse_event(chunk)
-            await self._commit(request, ctx, pending, accumulator)  # [DONE] only once the step is stored
-            yield DONE
+                    yield event
         except Exception as exc:
             if not started:
                 raise
             error_type, message, _ = describe(exc)
             log.warning("stream_failed_after_start", error_type=error_type, error=message)
-            yield sse_error_event(exc)
+            yield on_error(exc)
 
-    async def _begin(
-        self, request: ChatCompletionRequest, ctx: StepContext
-    ) -> tuple[ChatCompletionRequest, PendingStep]:
+    async def run(self, step: StepRun) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """The engine's chunks for this step, folded as they pass; the step is committed to its
+        session before the generator finishes (so a stream's last event follows the commit)."""
+        async with aclosing(self._generate(step.request, step.ctx.request_id)) as chunks:
+            async for chunk in chunks:
+                step.accumulator.add(chunk)
+                yield chunk
+        await self._commit(step)
+
+    async def begin(self, request: ChatCompletionRequest, ctx: StepContext, api: str = "chat") -> StepRun:
         """Admission for one step: model access, rate limit, session state, budgets."""
         if request.model not in self._models:
             raise ModelNotFound(request.model)
@@ -121,19 +151,18 @@ class ChatService:
         if tokens_left is not None:  # never let one step overrun the session's token budget
             asked = request.max_completion_tokens or request.max_tokens or tokens_left
             request = msgspec.structs.replace(request, max_completion_tokens=min(asked, tokens_left), max_tokens=None)
-        return request, pending
+        return StepRun(request, ctx, pending, Accumulator(), api)
 
-    async def _commit(
-        self, request: ChatCompletionRequest, ctx: StepContext, pending: PendingStep, accumulator: Accumulator
-    ) -> None:
+    async def _commit(self, run: StepRun) -> None:
+        accumulator, pending = run.accumulator, run.pending
         usage = accumulator.usage or Usage()
         number = pending.state.steps + 1
         calls = accumulator.tool_calls()
         step = Step(
             at=time.time(),
-            request_id=ctx.request_id,
-            api="chat",
-            model=request.model,
+            request_id=run.ctx.request_id,
+            api=run.api,
+            model=run.request.model,
             received=pending.received,
             emitted={
                 "content": "".join(accumulator.content),
@@ -145,7 +174,7 @@ class ChatService:
         )
         emitted = {c.id: ToolCallRecord(c.function.name, c.function.arguments, number) for c in calls}
         await self.sessions.commit(pending, step, emitted)
-        await self.limiter.add_tokens(ctx.key, usage.total_tokens)
+        await self.limiter.add_tokens(run.ctx.key, usage.total_tokens)
 
     async def _generate(
         self, request: ChatCompletionRequest, request_id: str
