@@ -28,6 +28,7 @@ from .middleware import RequestContextMiddleware
 from .observability import build_tracer_provider
 from .ratelimit import RateLimiter
 from .redis_server import EmbeddedRedis, connect_redis, write_redis_url
+from .responses import ResponseStore
 from .routes import ROUTES
 from .sessions import SessionStore
 from .settings import EngineSettings, Settings
@@ -124,7 +125,7 @@ def create_app(
     )
     app.state.update(
         pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()), redis=redis, sessions=sessions,
-        key_store=KeyStore(redis, settings.key_cache_s),
+        key_store=KeyStore(redis, settings.key_cache_s), responses=ResponseStore(redis, settings.session_ttl_s),
         chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis)),
     )  # fmt: skip
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)

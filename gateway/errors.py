@@ -40,6 +40,7 @@ ERRORS: dict[str, ErrorKind] = {
     "budget_exceeded": ErrorKind(403, "permission_error"),
     "rate_limit_exceeded": ErrorKind(429, "rate_limit_error"),
     "session_not_found": ErrorKind(404, "invalid_request_error"),
+    "response_not_found": ErrorKind(404, "invalid_request_error"),
 }
 
 # Litestar's own HTTP exceptions (routing, body limits) by status code.

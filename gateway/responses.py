@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import redis.asyncio as aioredis
 
-from .errors import GatewayError, InvalidRequest
+from .errors import GatewayError, InvalidRequest, describe
 from .protocol import (
     AssistantMessage,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     FunctionCall,
     FunctionDefinition,
@@ -37,6 +39,9 @@ from .protocol import (
     UserMessage,
 )
 from .streaming import Accumulator
+
+if TYPE_CHECKING:
+    from .chat import StepRun
 
 _message_decoder = msgspec.json.Decoder(list[Message])
 _encoder = msgspec.json.Encoder()
@@ -263,3 +268,122 @@ class ResponseStore:
     async def delete(self, tenant: str, response_id: str) -> None:
         if not await self.redis.delete(self._key(tenant, response_id)):
             raise ResponseNotFound(response_id)
+
+
+# ---- the event stream ----------------------------------------------------------------------------
+
+
+class ResponseRun:
+    """One Responses turn: renders the step's chunks as the Responses event stream (or folds them),
+    then stores the finished response with its chain's messages when `store` is on."""
+
+    def __init__(self, store: ResponseStore, request: ResponsesRequest, chat: ChatCompletionRequest, tenant: str,
+                 session_id: str) -> None:  # fmt: skip
+        self.store = store
+        self.request = request
+        self.chat = chat
+        self.tenant = tenant
+        self.session_id = session_id
+        self.id = new_id("resp")
+        self.message_id = new_id("msg")
+        self._sequence = 0
+
+    async def finish(self, accumulator: Accumulator) -> dict[str, Any]:
+        status = "incomplete" if accumulator.finish_reason == "length" else "completed"
+        body = response_object(self.id, self.request, status, output_items(accumulator, self.message_id),
+                               accumulator.usage)  # fmt: skip
+        if self.request.store:
+            messages = [*self.chat.messages, assistant_turn(accumulator)]
+            if self.request.instructions:  # instructions apply to one turn; they are not carried along
+                messages = messages[1:]
+            await self.store.save(self.tenant, StoredResponse(body, messages, self.session_id))
+        return body
+
+    def event(self, kind: str, **data: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self._sequence, **data}
+        self._sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + _encoder.encode(payload) + b"\n\n"
+
+    def error_event(self, exc: BaseException) -> bytes:
+        error_type, message, param = describe(exc)
+        return self.event("error", code=error_type, message=message, param=param)
+
+    async def render(self, step: StepRun, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncGenerator[bytes, None]:
+        """`Renderer` for `ChatService.open_stream`: created/in_progress only once the engine answered."""
+        first = await anext(chunks, None)
+        yield self.event("response.created", response=response_object(self.id, self.request, "in_progress", []))
+        yield self.event("response.in_progress", response=response_object(self.id, self.request, "in_progress", []))
+        items = _ItemTracker(self)
+        if first is not None:
+            for event in items.feed(first):
+                yield event
+        async for chunk in chunks:
+            for event in items.feed(chunk):
+                yield event
+        for event in items.close():
+            yield event
+        yield self.event("response.completed", response=await self.finish(step.accumulator))
+
+
+class _ItemTracker:
+    """Opens, feeds and closes output items as deltas arrive (text message, then function calls)."""
+
+    def __init__(self, run: ResponseRun) -> None:
+        self.run = run
+        self.index = 0
+        self.text: list[str] | None = None  # None: no message item open
+        self.text_index = 0
+        self.calls: dict[int, tuple[int, str, str, list[str]]] = {}  # delta index -> output index, id, name, args
+
+    def feed(self, chunk: ChatCompletionChunk) -> list[bytes]:
+        events: list[bytes] = []
+        ev, mid = self.run.event, self.run.message_id
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content:
+                if self.text is None:
+                    self.text, self.text_index = [], self.index
+                    self.index += 1
+                    events.append(ev("response.output_item.added", output_index=self.text_index,
+                                     item=message_item(mid, "", "in_progress")))  # fmt: skip
+                    part = {"type": "output_text", "text": "", "annotations": []}
+                    events.append(ev("response.content_part.added", item_id=mid, output_index=self.text_index,
+                                     content_index=0, part=part))  # fmt: skip
+                self.text.append(delta.content)
+                events.append(ev("response.output_text.delta", item_id=mid, output_index=self.text_index,
+                                 content_index=0, delta=delta.content, logprobs=[]))  # fmt: skip
+            for call in delta.tool_calls or ():
+                if call.index not in self.calls:
+                    name = call.function.name if call.function and call.function.name else ""
+                    self.calls[call.index] = (self.index, call.id or "", name, [])
+                    events.append(ev("response.output_item.added", output_index=self.index,
+                                     item=function_call_item(call.id or "", name, "", "in_progress")))  # fmt: skip
+                    self.index += 1
+                output_index, call_id, _, arguments = self.calls[call.index]
+                if call.function and call.function.arguments:
+                    arguments.append(call.function.arguments)
+                    events.append(ev("response.function_call_arguments.delta", item_id=f"fc_{call_id}",
+                                     output_index=output_index, delta=call.function.arguments))  # fmt: skip
+        return events
+
+    def close(self) -> list[bytes]:
+        events: list[bytes] = []
+        ev, mid = self.run.event, self.run.message_id
+        if self.text is not None:
+            text = "".join(self.text)
+            part = {"type": "output_text", "text": text, "annotations": []}
+            events += [
+                ev("response.output_text.done", item_id=mid, output_index=self.text_index, content_index=0,
+                   text=text, logprobs=[]),
+                ev("response.content_part.done", item_id=mid, output_index=self.text_index, content_index=0, part=part),
+                ev("response.output_item.done", output_index=self.text_index, item=message_item(mid, text)),
+            ]  # fmt: skip
+        for output_index, call_id, name, arguments in self.calls.values():
+            joined = "".join(arguments)
+            events += [
+                ev("response.function_call_arguments.done", item_id=f"fc_{call_id}", output_index=output_index,
+                   name=name, arguments=joined),
+                ev("response.output_item.done", output_index=output_index,
+                   item=function_call_item(call_id, name, joined)),
+            ]  # fmt: skip
+        return events

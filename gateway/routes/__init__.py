@@ -3,6 +3,10 @@
 from .chat import chat_completions
 from .health import live, metrics, ready
 from .models import get_model, list_models
+from .responses import create_response, delete_response, get_response
 from .sessions import delete_session, get_session, list_sessions
 
-ROUTES = [chat_completions, list_models, get_model, live, ready, metrics, list_sessions, get_session, delete_session]
+ROUTES = [
+    chat_completions, create_response, get_response, delete_response, list_models, get_model,
+    list_sessions, get_session, delete_session, live, ready, metrics,
+]  # fmt: skip

@@ -15,18 +15,27 @@ from ..protocol import ChatCompletionRequest, RequestFieldError, validation_mess
 from ..sessions import resolve_session_id
 from .deps import authenticate
 
-_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def decode_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Bytes -> a validated request, or an `InvalidJSON` / `InvalidRequest` naming the param."""
+    """Bytes -> a validated chat request, or an `InvalidJSON` / `InvalidRequest` naming the param."""
+    request = decode_body(body, ChatCompletionRequest)
+    try:
+        request.validate()
+    except RequestFieldError as exc:
+        raise InvalidRequest(str(exc), exc.param) from None
+    return request
+
+
+def decode_body(body: bytes, kind: type[T]) -> T:
+    """Bytes -> a `kind` struct, or an `InvalidJSON` / `InvalidRequest` naming the param."""
     if not body.strip():
         raise InvalidJSON("The request body is empty; send a JSON object.")
     try:
-        request = _decoder.decode(body)
+        return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         param = validation_param(exc)
         where = f" for '{param}'" if param else ""
@@ -35,11 +44,6 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}") from None
     except UnicodeDecodeError:
         raise InvalidJSON("The request body is not valid UTF-8.") from None
-    try:
-        request.validate()
-    except RequestFieldError as exc:
-        raise InvalidRequest(str(exc), exc.param) from None
-    return request
 
 
 @post("/v1/chat/completions", status_code=200)

@@ -190,3 +190,31 @@ def test_agent_loop_is_recorded_in_its_session(client, model, gateway):
         {"role": "tool", "tool_call_id": call.id, "known": True, "content": "18 degrees, sunny"}
     ]
     assert body["steps"][1]["flags"] == []
+
+
+def test_responses_chain_of_three_turns(client, model):
+    first = client.responses.create(
+        model=model, input="My name is Ada.", instructions="Be brief.", max_output_tokens=16
+    )
+    second = client.responses.create(
+        model=model, input="What is my name?", previous_response_id=first.id, max_output_tokens=16
+    )
+    third = client.responses.create(
+        model=model, input="Say it again.", previous_response_id=second.id, max_output_tokens=16
+    )
+    for response in (first, second, third):
+        assert response.object == "response" and response.output_text.strip()
+        assert response.usage.output_tokens > 0
+    assert third.previous_response_id == second.id
+    assert client.responses.retrieve(third.id).output_text == third.output_text
+    # the third turn saw the whole chain: its prompt is longer than the first two turns' prompts
+    assert third.usage.input_tokens > second.usage.input_tokens > first.usage.input_tokens
+
+
+def test_responses_stream_with_the_official_client(client, model):
+    with client.responses.stream(model=model, input="Count to three.", max_output_tokens=16) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds
+    assert final.output_text.strip()
