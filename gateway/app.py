@@ -125,6 +125,7 @@ def create_app(
     )
     app.state.update(
         pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()), redis=redis, sessions=sessions,
+        redis_url=redis_url,
         key_store=KeyStore(redis, settings.key_cache_s), responses=ResponseStore(redis, settings.session_ttl_s),
         chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis)),
     )  # fmt: skip

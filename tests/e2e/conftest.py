@@ -67,6 +67,6 @@ def client(gateway):
     return OpenAI(base_url=f"{gateway.base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def model():
     return EMBEDDED_MODEL_ID
