@@ -168,26 +168,18 @@ class SessionStore:
         return PendingStep(state, key, is_new)
 
     async def load(self, tenant: str, session_id: str) -> SessionState | None:
-        meta_key, _, calls_key, labels_key = _keys(tenant, session_id)
+        return (await self._load_many(tenant, [session_id]))[0]
+
+    async def _load_many(self, tenant: str, session_ids: list[str]) -> list[SessionState | None]:
+        """Read sessions in one pipelined round trip; None for the ones that do not exist."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(meta_key)
-            pipe.hgetall(calls_key)
-            pipe.smembers(labels_key)
-            meta, calls, labels = await pipe.execute()
-        if not meta:
-            return None
-        return SessionState(
-            session_id,
-            tenant,
-            created_at=float(meta[b"created_at"]),
-            updated_at=float(meta[b"updated_at"]),
-            steps=int(meta.get(b"steps", 0)),
-            tokens_in=int(meta.get(b"tokens_in", 0)),
-            tokens_out=int(meta.get(b"tokens_out", 0)),
-            tool_calls=int(meta.get(b"tool_calls", 0)),
-            labels=sorted(label.decode() for label in labels),
-            calls={k.decode(): msgspec.json.decode(v, type=ToolCallRecord) for k, v in calls.items()},
-        )
+            for session_id in session_ids:
+                meta_key, _, calls_key, labels_key = _keys(tenant, session_id)
+                pipe.hgetall(meta_key)
+                pipe.hgetall(calls_key)
+                pipe.smembers(labels_key)
+            results = await pipe.execute()
+        return [_state(tenant, session_id, *results[3 * i : 3 * i + 3]) for i, session_id in enumerate(session_ids)]
 
     async def commit(self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]) -> int:
         """Write the whole step atomically (one MULTI/EXEC); returns the step number."""
@@ -228,15 +220,12 @@ class SessionStore:
         return _summary(state)
 
     async def list(self, tenant: str, limit: int = 100) -> list[SessionSummary]:
-        ids = await self.redis.zrevrange(_index(tenant), 0, limit - 1)
-        summaries = []
-        for raw_id in ids:
-            state = await self.load(tenant, raw_id.decode())
-            if state is None:  # expired: drop it from the index
-                await self.redis.zrem(_index(tenant), raw_id)
-                continue
-            summaries.append(_summary(state))
-        return summaries
+        ids = [raw.decode() for raw in await self.redis.zrevrange(_index(tenant), 0, limit - 1)]
+        states = await self._load_many(tenant, ids) if ids else []
+        expired = [session_id for session_id, state in zip(ids, states, strict=True) if state is None]
+        if expired:  # sessions expire by TTL; drop them from the index too
+            await self.redis.zrem(_index(tenant), *expired)
+        return [_summary(state) for state in states if state is not None]
 
     async def delete(self, tenant: str, session_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -244,6 +233,23 @@ class SessionStore:
             pipe.zrem(_index(tenant), session_id)
             deleted, _ = await pipe.execute()
         return deleted > 0
+
+
+def _state(tenant: str, session_id: str, meta: dict, calls: dict, labels: set) -> SessionState | None:
+    if not meta:
+        return None
+    return SessionState(
+        session_id,
+        tenant,
+        created_at=float(meta[b"created_at"]),
+        updated_at=float(meta[b"updated_at"]),
+        steps=int(meta.get(b"steps", 0)),
+        tokens_in=int(meta.get(b"tokens_in", 0)),
+        tokens_out=int(meta.get(b"tokens_out", 0)),
+        tool_calls=int(meta.get(b"tool_calls", 0)),
+        labels=sorted(label.decode() for label in labels),
+        calls={k.decode(): msgspec.json.decode(v, type=ToolCallRecord) for k, v in calls.items()},
+    )
 
 
 def _summary(state: SessionState) -> SessionSummary:

@@ -95,3 +95,14 @@ async def test_tenants_never_see_each_others_sessions(make_client, keys):
         mine = (await client.get("/v1/sessions/shared-id", headers=b)).json()["session"]
         theirs = (await client.get("/v1/sessions/shared-id", headers=a)).json()["session"]
     assert mine["steps"] == 1 and theirs["steps"] == 2
+
+
+async def test_expired_sessions_leave_the_listing(make_client, keys):
+    async with make_client() as client:
+        for session_id in ("kept", "gone"):
+            await client.post(CHAT, json=chat(), headers={"x-session-id": session_id})
+        expired = [k async for k in keys.redis.scan_iter("sentrail:{dev|gone}:*")]
+        await keys.redis.delete(*expired)  # what the TTL does to an idle session
+        listed = (await client.get("/v1/sessions")).json()["data"]
+    assert [s["id"] for s in listed] == ["kept"]
+    assert await keys.redis.zrange("sentrail:tenant:dev:sessions", 0, -1) == [b"kept"]
