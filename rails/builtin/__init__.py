@@ -1,0 +1,1 @@
+"""Deterministic rails that need no model downloads."""

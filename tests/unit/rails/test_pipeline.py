@@ -1,0 +1,102 @@
+"""The rail pipeline: ordered masking, concurrent judging, first block cancels, fail closed, shadow, spans."""
+
+import asyncio
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from rails.base import Stage, Verdict
+from rails.pipeline import Configured, RailPipeline
+
+
+class Rail:
+    def __init__(self, name, verdict=None, delay=0.0, modifies=False, error=None, stage=Stage.INPUT):
+        self.name, self.stage, self.modifies = name, stage, modifies
+        self.verdict, self.delay, self.error = verdict or Verdict.allow(), delay, error
+        self.seen, self.cancelled = [], False
+
+    async def check(self, content):
+        self.seen.append(content)
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        if self.error:
+            raise self.error
+        return self.verdict
+
+
+class Upper(Rail):
+    async def check(self, content):
+        self.seen.append(content)
+        return Verdict.modify(content + f"+{self.name}", "changed")
+
+
+async def test_modifications_compose_in_configured_order_before_judges_run():
+    first, second, judge = Upper("a", modifies=True), Upper("b", modifies=True), Rail("judge")
+    result = await RailPipeline([Configured(second), Configured(first), Configured(judge)]).run(Stage.INPUT, "x")
+    assert result.content == "x+b+a"
+    assert judge.seen == ["x+b+a"]
+    assert result.modified and result.blocked is None
+
+
+async def test_first_block_cancels_the_slow_judges():
+    slow = Rail("slow", delay=5)
+    blocker = Rail("blocker", Verdict.block("bad"))
+    result = await RailPipeline([Configured(slow), Configured(blocker)]).run(Stage.INPUT, "x")
+    await asyncio.sleep(0)
+    assert result.blocked.rail == "blocker" and result.blocked.reason == "bad"
+    assert slow.cancelled
+
+
+async def test_judges_run_concurrently():
+    """Each rail waits until all five have started: only a concurrent run lets any of them finish."""
+    started, everyone = [], asyncio.Event()
+
+    class Meeting(Rail):
+        async def check(self, content):
+            started.append(self.name)
+            if len(started) == 5:
+                everyone.set()
+            await everyone.wait()
+            return Verdict.allow()
+
+    rails = [Configured(Meeting(f"r{i}"), timeout_s=5) for i in range(5)]
+    result = await RailPipeline(rails).run(Stage.INPUT, "x")
+    assert result.blocked is None and len(started) == 5
+
+
+async def test_a_failing_or_slow_rail_blocks():
+    failing = Configured(Rail("broken", error=RuntimeError("boom")))
+    stuck = Configured(Rail("stuck", delay=5), timeout_s=0.05)
+    assert (await RailPipeline([failing]).run(Stage.INPUT, "x")).blocked.reason == "rail broken failed: RuntimeError"
+    assert (await RailPipeline([stuck]).run(Stage.INPUT, "x")).blocked.reason == "rail stuck failed: TimeoutError"
+
+
+async def test_shadow_rails_are_recorded_not_enforced():
+    masker = Configured(Upper("m", modifies=True), shadow=True)
+    blocker = Configured(Rail("b", Verdict.block("would block")), shadow=True)
+    result = await RailPipeline([masker, blocker]).run(Stage.INPUT, "x")
+    assert result.content == "x" and result.blocked is None and not result.modified
+    assert [(d.rail, d.action, d.shadow) for d in result.decisions] == [("m", "modify", True), ("b", "block", True)]
+
+
+async def test_stages_are_separate():
+    pipeline = RailPipeline([Configured(Rail("out", Verdict.block("no"), stage=Stage.OUTPUT))])
+    assert (await pipeline.run(Stage.INPUT, "x")).blocked is None
+    assert (await pipeline.run(Stage.OUTPUT, "x")).blocked is not None
+    assert pipeline.has(Stage.OUTPUT) and not pipeline.has(Stage.TOOL_RESULT)
+
+
+async def test_one_span_per_rail_with_the_verdict():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    rails = [Configured(Upper("mask", modifies=True)), Configured(Rail("deny", Verdict.block("nope")))]
+    await RailPipeline(rails, provider.get_tracer("t")).run(Stage.INPUT, "x")
+    spans = {s.name: s.attributes for s in exporter.get_finished_spans()}
+    assert spans["apply_guardrail deny"]["gen_ai.guardrail.result"] == "block"
+    assert spans["apply_guardrail deny"]["gen_ai.guardrail.reason"] == "nope"
+    assert spans["apply_guardrail mask"]["gen_ai.guardrail.result"] == "modify"
