@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -13,15 +14,19 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.trace import Tracer
 
 from engines.base import Engine
 from engines.models import embedded_model_dir, is_prepared, prepare_embedded_model
 from engines.pool import EnginePool
 from engines.remote import OpenAIEngine
 from engines.vllm_server import VllmServerEngine
+from rails.config import load_rails
+from rails.pipeline import RailPipeline
 
 from .chat import ChatService
 from .errors import STATUS_ERROR_TYPES, describe, kind_of, to_error_body
+from .guard import Guard
 from .keys import KeyStore
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
@@ -127,10 +132,21 @@ def create_app(
         pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()), redis=redis, sessions=sessions,
         redis_url=redis_url,
         key_store=KeyStore(redis, settings.key_cache_s), responses=ResponseStore(redis, settings.session_ttl_s),
-        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis)),
+        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis), load_guard(settings, tracer)),
     )  # fmt: skip
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
     return app
+
+
+def load_guard(settings: Settings, tracer: Tracer) -> Guard | None:
+    """Rails from <policies_dir>/rails.yaml; an invalid file raises `RailsConfigError` (serve refuses)."""
+    path = Path(settings.policies_dir) / "rails.yaml"
+    if not path.exists():
+        log.warning("rails_not_configured", path=str(path))
+        return None
+    _, rails = load_rails(path)
+    log.info("rails_loaded", path=str(path), rails=[c.rail.name for c in rails])
+    return Guard(RailPipeline(rails, tracer))
 
 
 async def _prepare_embedded(settings: Settings) -> None:

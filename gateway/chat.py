@@ -19,8 +19,10 @@ import structlog
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from engines.pool import EnginePool
+from rails.pipeline import Decision
 
 from .errors import ModelNotFound, describe, sse_error_event
+from .guard import Guard
 from .keys import KeyRecord
 from .metrics import Metrics
 from .observability import chat_span_attributes
@@ -52,6 +54,7 @@ class StepRun:
     pending: PendingStep
     accumulator: Accumulator
     api: str = "chat"
+    decisions: list[Decision] = field(default_factory=list)
 
 
 Renderer = Callable[[StepRun, AsyncIterator[ChatCompletionChunk]], AsyncGenerator[bytes, None]]
@@ -78,6 +81,7 @@ class ChatService:
         tracer: Tracer,
         sessions: SessionStore,
         limiter: RateLimiter,
+        guard: Guard | None = None,
         provider: str = "vllm",
     ) -> None:
         self.pool = pool
@@ -85,6 +89,7 @@ class ChatService:
         self.tracer = tracer
         self.sessions = sessions
         self.limiter = limiter
+        self.guard = guard
         self.provider = provider
         self._models = set(pool.model_ids)
 
@@ -93,7 +98,10 @@ class ChatService:
         async with aclosing(self.run(step)) as chunks:
             async for _ in chunks:
                 pass
-        return step.accumulator.result(request.model)
+        result = step.accumulator.result(request.model)
+        if step.decisions:
+            result.sentrail = {"rails": msgspec.to_builtins(step.decisions)}
+        return result
 
     async def open_stream(
         self,
@@ -145,13 +153,16 @@ class ChatService:
         ctx.key.require_model(request.model)
         ctx.headers.update(await self.limiter.admit(ctx.key))
         pending = await self.sessions.begin(ctx.key, ctx.session_id, ctx.is_new_session)
+        decisions: list[Decision] = []
+        if self.guard is not None:  # before the engine and the session record see the messages
+            request, decisions = await self.guard.inbound(request)
         pending.observe(request)
         tokens_left = pending.check_budgets(time.time())
         ctx.headers["x-session-id"] = ctx.session_id
         if tokens_left is not None:  # never let one step overrun the session's token budget
             asked = request.max_completion_tokens or request.max_tokens or tokens_left
             request = msgspec.structs.replace(request, max_completion_tokens=min(asked, tokens_left), max_tokens=None)
-        return StepRun(request, ctx, pending, Accumulator(), api)
+        return StepRun(request, ctx, pending, Accumulator(), api, decisions)
 
     async def _commit(self, run: StepRun) -> None:
         accumulator, pending = run.accumulator, run.pending
@@ -171,6 +182,7 @@ class ChatService:
             },
             usage={"input": usage.prompt_tokens, "output": usage.completion_tokens},
             flags=pending.flags,
+            rails=run.decisions,
         )
         emitted = {c.id: ToolCallRecord(c.function.name, c.function.arguments, number) for c in calls}
         await self.sessions.commit(pending, step, emitted)

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from engines.models import prepare_embedded_model
+from rails.config import RailsConfigError
 
 from .observability import configure_logging
 from .settings import ConfigError, Settings, load_settings
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
         print(f"sentrail: {exc}", file=sys.stderr)
+        return 2
+    except RailsConfigError as exc:
+        print("sentrail: invalid rails configuration:", *exc.errors, sep="\n  ", file=sys.stderr)
         return 2
 
 

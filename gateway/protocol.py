@@ -244,6 +244,7 @@ class ChatCompletion(Struct):
     created: int = field(default_factory=lambda: int(time.time()))
     object: Literal["chat.completion"] = "chat.completion"
     system_fingerprint: str | None = None
+    sentrail: dict[str, Any] | None = None  # extension: rail decisions of this step, when any
 
 
 class FunctionCallDelta(Struct, omit_defaults=True):

@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from rails.pipeline import Decision
+
 from .errors import BudgetExceeded, InvalidRequest, SessionNotFound
 from .keys import KeyRecord
 from .protocol import AssistantMessage, ChatCompletionRequest, ToolMessage
@@ -48,6 +50,7 @@ class Step(msgspec.Struct):
     emitted: dict[str, Any] = {}
     usage: dict[str, int] = {}
     flags: list[str] = []
+    rails: list[Decision] = []  # every rail decision of the step, with its reason
 
 
 class SessionState(msgspec.Struct):

@@ -52,6 +52,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     home: str = ""  # models and data live here; defaults to $SENTRAIL_HOME or ~/.cache/sentrail
+    policies_dir: str = "policies"  # rails.yaml (and later tool policies) live here
     data_dir: str = ""  # the embedded Redis persists here; defaults to <home>/data
     redis_url: str = ""  # empty: start the embedded Redis under <data_dir>/redis
     redis_fsync: Literal["always", "everysec"] = "everysec"  # embedded Redis AOF fsync policy
@@ -80,6 +81,7 @@ ENV_VARS = {
     "SENTRAIL_LOG_LEVEL": "log_level",
     "SENTRAIL_HOME": "home",
     "SENTRAIL_DATA_DIR": "data_dir",
+    "SENTRAIL_POLICIES_DIR": "policies_dir",
     "REDIS_URL": "redis_url",
     "SENTRAIL_REDIS_URL": "redis_url",
     "SENTRAIL_REDIS_FSYNC": "redis_fsync",

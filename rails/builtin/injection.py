@@ -17,9 +17,9 @@ from ..base import Stage, Verdict
 
 _I = re.IGNORECASE | re.DOTALL
 SIGNALS: list[tuple[str, float, re.Pattern[str]]] = [
-    ("instruction_override", 0.6, re.compile(
-        r"\b(ignore|disregard|forget|override|bypass)\b.{0,40}?\b(previous|prior|above|earlier|all|any|your|system)"
-        r"\b.{0,20}?\b(instructions?|rules|prompts?|directions|guidelines|messages?)\b", _I)),
+    ("instruction_override", 0.6, re.compile(  # within one clause: "ignore all previous instructions"
+        r"\b(ignore|disregard|forget|override|bypass)\b[^.;:!?\n]{0,40}?\b(previous|prior|above|earlier|all|any|your"
+        r"|system)\b(\s+\w+)?\s+(instructions?|rules|prompts?|directions|guidelines|messages?)\b", _I)),
     ("new_instructions", 0.4, re.compile(
         r"\b(new|updated|real|actual) (instructions|task|rules)\s*:|\bfrom now on,? you\b|\byou are now\b", _I)),
     ("jailbreak_persona", 0.5, re.compile(

@@ -1,0 +1,164 @@
+"""Rails configuration from `policies/rails.yaml`: which rails run at each stage, with what settings.
+
+Loading validates every entry and reports every error at once, each with file and line; nothing
+half-valid is ever returned. `RailsConfigError.errors` lists them for `sentrail serve` to print.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from .base import Stage
+from .builtin.detect import PII, pii_rail, secrets_rail
+from .builtin.injection import InjectionRail
+from .builtin.limits import DenyRail, LengthRail
+from .pipeline import Configured
+
+
+class RailsConfigError(ValueError):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Common(msgspec.Struct, forbid_unknown_fields=True):
+    name: str | None = None
+    shadow: bool = False
+    timeout_s: float = 2.0
+
+
+class LengthSpec(_Common, tag_field="rail", tag="length"):
+    max_chars: int = 100_000
+
+
+class DenySpec(_Common, tag_field="rail", tag="deny"):
+    patterns: list[str] = []
+    keywords: list[str] = []
+
+
+class SecretsSpec(_Common, tag_field="rail", tag="secrets"):
+    action: Literal["block", "mask"] = "block"
+
+
+class PiiSpec(_Common, tag_field="rail", tag="pii"):
+    action: Literal["block", "mask"] = "mask"
+    kinds: list[str] = []
+
+
+class InjectionSpec(_Common, tag_field="rail", tag="injection"):
+    threshold: float = 0.5
+
+
+RailSpec = LengthSpec | DenySpec | SecretsSpec | PiiSpec | InjectionSpec
+
+
+class Stages(msgspec.Struct, forbid_unknown_fields=True):
+    input: list[RailSpec] = []
+    tool_result: list[RailSpec] = []
+    output: list[RailSpec] = []
+
+
+class RailsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    version: Literal[1] = 1
+    refusal: str = "I can't help with that."
+    stages: Stages = msgspec.field(default_factory=Stages)
+
+
+_BUILDERS: dict[type, Callable[[Any, str, Stage], Any]] = {
+    LengthSpec: lambda s, n, st: LengthRail(n, st, s.max_chars),
+    DenySpec: lambda s, n, st: DenyRail(n, st, s.patterns, s.keywords),
+    SecretsSpec: lambda s, n, st: secrets_rail(n, st, s.action),
+    PiiSpec: lambda s, n, st: pii_rail(n, st, s.action, s.kinds),
+    InjectionSpec: lambda s, n, st: InjectionRail(n, st, s.threshold),
+}
+
+
+def load_rails(path: Path) -> tuple[RailsConfig, list[Configured]]:
+    """Parse, validate and build; raise `RailsConfigError` listing every problem with file:line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RailsConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise RailsConfigError([f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    errors: list[str] = []
+    stages = raw.get("stages") if isinstance(raw, dict) else None
+    stages = stages if isinstance(stages, dict) else {}
+    # Validate each rail entry on its own so that every bad entry is reported, not just the first.
+    for stage in Stage:
+        entries = stages.get(stage.value)
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            try:
+                msgspec.convert(entry, RailSpec)
+                if isinstance(entry, dict) and entry.get("rail") == "pii":
+                    unknown = set(entry.get("kinds") or ()) - set(PII)
+                    if unknown:
+                        raise msgspec.ValidationError(f"unknown PII kinds {sorted(unknown)}; known: {sorted(PII)}")
+                for pattern in entry.get("patterns") or () if isinstance(entry, dict) else ():
+                    _compile(pattern)
+            except (msgspec.ValidationError, ValueError) as exc:
+                where = _line(node, ["stages", stage.value, index])
+                errors.append(f"{path}:{where}: stages.{stage.value}[{index}]: {exc}")
+    if not errors:
+        try:
+            config = msgspec.convert(raw if raw is not None else {}, RailsConfig)
+        except msgspec.ValidationError as exc:
+            errors.append(f"{path}:{_line(node, _path_of(exc))}: {exc}")
+    if errors:
+        raise RailsConfigError(errors)
+    return config, build(config)
+
+
+def build(config: RailsConfig) -> list[Configured]:
+    rails = []
+    for stage in Stage:
+        for spec in getattr(config.stages, stage.value):
+            name = spec.name or f"{stage.value}.{type(spec).__struct_config__.tag}"
+            rails.append(Configured(_BUILDERS[type(spec)](spec, name, stage), spec.shadow, spec.timeout_s))
+    return rails
+
+
+def _compile(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+
+
+def _path_of(exc: msgspec.ValidationError) -> list[str | int]:
+    text = str(exc)
+    start = text.rfind("- at `$")
+    if start < 0:
+        return []
+    parts: list[str | int] = []
+    for token in text[start + 7 :].rstrip("`").replace("[", ".").replace("]", "").split("."):
+        if token:
+            parts.append(int(token) if token.isdigit() else token)
+    return parts
+
+
+def _line(node: Any, path: list[str | int]) -> int:
+    """1-based line of the YAML node at `path` (or of the deepest ancestor that exists)."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line

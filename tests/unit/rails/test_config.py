@@ -1,0 +1,58 @@
+"""Loading policies/rails.yaml: the shipped file is valid; broken files list every error with its line."""
+
+from pathlib import Path
+
+import pytest
+
+from rails.base import Stage
+from rails.config import RailsConfigError, load_rails
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_shipped_rails_file_loads():
+    config, rails = load_rails(ROOT / "policies" / "rails.yaml")
+    stages = {c.rail.stage for c in rails}
+    assert stages == {Stage.INPUT, Stage.TOOL_RESULT, Stage.OUTPUT}
+    assert config.refusal
+
+
+def test_every_error_is_reported_with_its_line(tmp_path):
+    path = tmp_path / "rails.yaml"
+    path.write_text(
+        "version: 1\n"                      # 1
+        "stages:\n"                         # 2
+        "  input:\n"                        # 3
+        "    - rail: pii\n"                 # 4
+        "      kinds: [EMAIL, SHOE_SIZE]\n" # 5
+        "    - rail: telepathy\n"           # 6
+        "  output:\n"                       # 7
+        "    - rail: deny\n"                # 8
+        "      patterns: ['(unclosed']\n"   # 9
+        "    - rail: injection\n"           # 10
+        "      threshold: high\n"           # 11
+    )  # fmt: skip
+    with pytest.raises(RailsConfigError) as caught:
+        load_rails(path)
+    errors = caught.value.errors
+    assert len(errors) == 4, errors
+    assert errors[0].startswith(f"{path}:4: stages.input[0]") and "SHOE_SIZE" in errors[0]
+    assert errors[1].startswith(f"{path}:6: stages.input[1]") and "telepathy" in errors[1]
+    assert errors[2].startswith(f"{path}:8: stages.output[0]") and "invalid regex" in errors[2]
+    assert errors[3].startswith(f"{path}:10: stages.output[1]")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("stages: [\n", ":2: not valid YAML"), ("version: 2\n", "version"), ("surprise: 1\n", "surprise")],
+)
+def test_file_level_errors(tmp_path, text, needle):
+    path = tmp_path / "rails.yaml"
+    path.write_text(text)
+    with pytest.raises(RailsConfigError, match=needle):
+        load_rails(path)
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(RailsConfigError, match="cannot read"):
+        load_rails(tmp_path / "nope.yaml")
