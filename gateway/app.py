@@ -144,9 +144,10 @@ def load_guard(settings: Settings, tracer: Tracer) -> Guard | None:
     if not path.exists():
         log.warning("rails_not_configured", path=str(path))
         return None
-    _, rails = load_rails(path)
+    config, rails = load_rails(path)
     log.info("rails_loaded", path=str(path), rails=[c.rail.name for c in rails])
-    return Guard(RailPipeline(rails, tracer))
+    streaming = config.streaming
+    return Guard(RailPipeline(rails, tracer), config.refusal, streaming.window, streaming.overlap)
 
 
 async def _prepare_embedded(settings: Settings) -> None:

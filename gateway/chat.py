@@ -22,7 +22,7 @@ from engines.pool import EnginePool
 from rails.pipeline import Decision
 
 from .errors import ModelNotFound, describe, sse_error_event
-from .guard import Guard
+from .guard import Guard, filter_output
 from .keys import KeyRecord
 from .metrics import Metrics
 from .observability import chat_span_attributes
@@ -99,6 +99,8 @@ class ChatService:
             async for _ in chunks:
                 pass
         result = step.accumulator.result(request.model)
+        if result.choices[0].finish_reason == "content_filter" and self.guard is not None:
+            result.choices[0].message.content = self.guard.refusal  # nothing of the blocked answer
         if step.decisions:
             result.sentrail = {"rails": msgspec.to_builtins(step.decisions)}
         return result
@@ -138,12 +140,19 @@ class ChatService:
             yield on_error(exc)
 
     async def run(self, step: StepRun) -> AsyncGenerator[ChatCompletionChunk, None]:
-        """The engine's chunks for this step, folded as they pass; the step is committed to its
-        session before the generator finishes (so a stream's last event follows the commit)."""
+        """The engine's chunks for this step after the output rails, folded as they pass; the step is
+        committed to its session before the generator finishes (a stream's last event follows it)."""
+        output = self.guard.output_filter() if self.guard is not None else None
         async with aclosing(self._generate(step.request, step.ctx.request_id)) as chunks:
-            async for chunk in chunks:
-                step.accumulator.add(chunk)
-                yield chunk
+            if output is None:
+                async for chunk in chunks:
+                    step.accumulator.add(chunk)
+                    yield chunk
+            else:
+                async for chunk in filter_output(chunks, output, self.guard.refusal):  # type: ignore[union-attr]
+                    step.accumulator.add(chunk)
+                    yield chunk
+                step.decisions.extend(output.decisions)
         await self._commit(step)
 
     async def begin(self, request: ChatCompletionRequest, ctx: StepContext, api: str = "chat") -> StepRun:

@@ -7,13 +7,23 @@ message); a mask replaces the text, so the engine only ever sees the masked vers
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, AsyncIterator
+
 import msgspec
 
 from rails.base import Stage
-from rails.pipeline import Decision, RailPipeline
+from rails.pipeline import Decision, RailPipeline, StageResult
 
 from .errors import GatewayError
-from .protocol import AssistantMessage, ChatCompletionRequest, TextPart, ToolMessage
+from .protocol import (
+    AssistantMessage,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    Delta,
+    TextPart,
+    ToolMessage,
+)
 
 
 class ContentFiltered(GatewayError):
@@ -21,8 +31,17 @@ class ContentFiltered(GatewayError):
 
 
 class Guard:
-    def __init__(self, pipeline: RailPipeline) -> None:
+    def __init__(self, pipeline: RailPipeline, refusal: str = "I can't help with that.", window: int = 256,
+                 overlap: int = 128) -> None:  # fmt: skip
         self.pipeline = pipeline
+        self.refusal = refusal
+        self.window = window
+        self.overlap = overlap
+
+    def output_filter(self) -> OutputFilter | None:
+        if not self.pipeline.has(Stage.OUTPUT):
+            return None
+        return OutputFilter(self.pipeline, self.window, self.overlap)
 
     async def inbound(self, request: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[Decision]]:
         messages = list(request.messages)
@@ -58,3 +77,94 @@ class Guard:
                 f"The {what} was blocked by rail {result.blocked.rail}: {result.blocked.reason}", f"messages[{index}]"
             )
         return result.content
+
+
+class OutputBlocked(Exception):
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.reason)
+        self.decision = decision
+
+
+class OutputFilter:
+    """Output rails on assistant text that arrives in pieces: text is released only after the
+    window holding it passed the rails, and the last `overlap` characters are always held back, so
+    a blocked phrase or a maskable entity up to `overlap` characters long never reaches the client
+    in part, however the engine splits it. `flush` checks and releases the rest at the end."""
+
+    def __init__(self, pipeline: RailPipeline, window: int = 256, overlap: int = 128) -> None:
+        self.pipeline = pipeline
+        self.window = window
+        self.overlap = overlap
+        self.pending = ""
+        self.decisions: list[Decision] = []
+
+    async def feed(self, text: str) -> str:
+        self.pending += text
+        if len(self.pending) < self.window + self.overlap:
+            return ""
+        return await self._release(final=False)
+
+    async def flush(self) -> str:
+        return await self._release(final=True) if self.pending else ""
+
+    async def _release(self, final: bool) -> str:
+        whole = await self._run(self.pending)
+        if final:
+            self.pending = ""
+            return whole.content
+        cut = len(self.pending) - self.overlap
+        if not whole.modified:
+            released, self.pending = self.pending[:cut], self.pending[cut:]
+            return released
+        for _ in range(8):  # a cut that no masked span crosses: masking both sides = masking the whole
+            cut = self.pending.rfind(" ", 0, cut)
+            if cut <= 0:
+                return ""
+            head = await self._run(self.pending[:cut])
+            rest = await self._run(self.pending[cut:])
+            if head.content + rest.content == whole.content:
+                self.pending = self.pending[cut:]
+                return head.content
+        return ""
+
+    async def _run(self, text: str) -> StageResult:
+        result = await self.pipeline.run(Stage.OUTPUT, text)
+        for decision in result.decisions:
+            if decision not in self.decisions:
+                self.decisions.append(decision)
+        if result.blocked is not None:
+            raise OutputBlocked(result.blocked)
+        return result
+
+
+async def filter_output(
+    chunks: AsyncIterator[ChatCompletionChunk], output: OutputFilter, refusal: str
+) -> AsyncGenerator[ChatCompletionChunk, None]:
+    """Engine chunks with their text replaced by what the output rails released. On a block: the
+    refusal text, then `finish_reason: "content_filter"`, and the engine stream is left (aborted)."""
+    async for chunk in chunks:
+        text = "".join(choice.delta.content or "" for choice in chunk.choices)
+        finishing = any(choice.finish_reason for choice in chunk.choices)
+        try:
+            released = await output.feed(text) if text else ""
+            if finishing:
+                released += await output.flush()
+        except OutputBlocked:
+            yield _chunk_like(chunk, Delta(content=refusal), None)
+            yield _chunk_like(chunk, Delta(), "content_filter")
+            return
+        if chunk.choices:
+            chunk.choices[0].delta.content = released or None
+            if not released and not finishing and _empty(chunk.choices[0].delta):
+                continue
+        yield chunk
+
+
+def _empty(delta: Delta) -> bool:
+    return not (delta.role or delta.content or delta.tool_calls or delta.refusal)
+
+
+def _chunk_like(chunk: ChatCompletionChunk, delta: Delta, finish: str | None) -> ChatCompletionChunk:
+    return ChatCompletionChunk(
+        id=chunk.id, model=chunk.model, choices=[ChunkChoice(delta, finish)], created=chunk.created
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -64,9 +64,18 @@ class Stages(msgspec.Struct, forbid_unknown_fields=True):
     output: list[RailSpec] = []
 
 
+class StreamingSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """Output rails on streams: text is checked in windows of `window` characters and the last
+    `overlap` characters are held back; a phrase or entity up to `overlap` long never leaks in part."""
+
+    window: Annotated[int, msgspec.Meta(ge=1)] = 256
+    overlap: Annotated[int, msgspec.Meta(ge=0)] = 128
+
+
 class RailsConfig(msgspec.Struct, forbid_unknown_fields=True):
     version: Literal[1] = 1
     refusal: str = "I can't help with that."
+    streaming: StreamingSpec = msgspec.field(default_factory=StreamingSpec)
     stages: Stages = msgspec.field(default_factory=Stages)
 
 

@@ -3,10 +3,12 @@ vLLM server running the embedded SmolLM2 model on CPU. Tests talk to it with the
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+import yaml
 from openai import OpenAI
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,6 +20,8 @@ from gateway.observability import configure_logging
 from gateway.settings import load_settings
 
 STARTUP_TIMEOUT_S = 600
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = "project nightingale"
 
 
 class Gateway:
@@ -43,7 +47,11 @@ def gateway(tmp_path_factory):
     """The product's default path: the embedded Redis (under a fresh data dir) and the embedded model."""
     configure_logging("console", "info", cache=False)
     data_dir = str(tmp_path_factory.mktemp("data"))
-    settings = load_settings(environ={}, port=free_port(), dev_mode=True, data_dir=data_dir)
+    policies = tmp_path_factory.mktemp("policies")  # the shipped rails plus one deny phrase to test with
+    rails = yaml.safe_load((ROOT / "policies" / "rails.yaml").read_text())
+    rails["stages"]["output"].append({"rail": "deny", "keywords": [FORBIDDEN]})
+    (policies / "rails.yaml").write_text(yaml.safe_dump(rails))
+    settings = load_settings(environ={}, port=free_port(), dev_mode=True, data_dir=data_dir, policies_dir=str(policies))
     prepare_embedded_model(settings.home_path)
     spans = InMemorySpanExporter()
     app = create_app(settings, span_processors=[SimpleSpanProcessor(spans)])

@@ -4,6 +4,8 @@ import httpx
 import openai
 import pytest
 
+from .conftest import FORBIDDEN
+
 pytestmark = pytest.mark.e2e
 
 
@@ -42,7 +44,12 @@ def test_email_and_card_are_masked_before_the_engine_sees_them(client, model, ga
     used = completion.parse().usage.prompt_tokens
     assert used == engine_count("Repeat: [EMAIL] paid with [CARD].")
     assert used != engine_count("Repeat: bob@example.com paid with 5555 5555 5555 4444.")
-    pii_span = next(s for s in gateway.spans.get_finished_spans() if s.name == "apply_guardrail input.pii")
+    finished = gateway.spans.get_finished_spans()
+    engine_span = next(s for s in finished if s.attributes.get("gen_ai.response.id") == completion.parse().id)
+    pii_span = next(
+        s for s in finished
+        if s.name == "apply_guardrail input.pii" and s.context.trace_id == engine_span.context.trace_id
+    )  # fmt: skip
     assert pii_span.attributes["gen_ai.guardrail.result"] == "modify"
 
 
@@ -54,3 +61,22 @@ def test_blocked_prompt_is_400_content_filter(client, model):
             stream=True,
         )
     assert caught.value.code == "content_filter"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_forbidden_phrase_in_the_answer_never_reaches_the_client(client, model, stream):
+    # Guided decoding makes the engine write the forbidden phrase for sure (split over several tokens).
+    schema = {"type": "object", "properties": {"codename": {"type": "string", "enum": [FORBIDDEN]}},
+              "required": ["codename"], "additionalProperties": False}  # fmt: skip
+    fmt = {"type": "json_schema", "json_schema": {"name": "plan", "schema": schema, "strict": True}}
+    messages = [{"role": "user", "content": "What is the codename?"}]
+    if stream:
+        chunks = list(client.chat.completions.create(
+            model=model, messages=messages, response_format=fmt, max_tokens=40, stream=True))  # fmt: skip
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    else:
+        completion = client.chat.completions.create(model=model, messages=messages, response_format=fmt, max_tokens=40)
+        text, finish = completion.choices[0].message.content, [completion.choices[0].finish_reason]
+    assert "nightingale" not in text.lower()
+    assert finish == ["content_filter"]

@@ -70,9 +70,10 @@ async def test_streaming_emits_the_responses_event_sequence(make_client):
     assert response.headers["content-type"].startswith("text/event-stream")
     events = events_of(response.text)
     kinds = [e["type"] for e in events]
+    kinds = [k for i, k in enumerate(kinds) if k != "response.output_text.delta" or kinds[i - 1] != k]  # 1+ deltas
     assert kinds == [
         "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
-        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+        "response.output_text.delta", "response.output_text.done",
         "response.content_part.done", "response.output_item.done", "response.completed",
     ]  # fmt: skip
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
