@@ -21,12 +21,10 @@ from engines.models import embedded_model_dir, is_prepared, prepare_embedded_mod
 from engines.pool import EnginePool
 from engines.remote import OpenAIEngine
 from engines.vllm_server import VllmServerEngine
-from rails.config import load_rails
-from rails.pipeline import RailPipeline
 
 from .chat import ChatService
 from .errors import STATUS_ERROR_TYPES, describe, kind_of, to_error_body
-from .guard import Guard
+from .guard import Guard, load_rail_set
 from .keys import KeyStore
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
@@ -96,6 +94,7 @@ def create_app(
         redis_url = embedded_redis.url
     redis = connect_redis(redis_url, settings.redis_timeout_s)
     sessions = SessionStore(redis, settings.session_ttl_s)
+    guard = load_guard(settings, tracer)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -105,12 +104,15 @@ def create_app(
         if engines is None:
             await _prepare_embedded(settings)
         await pool.start()
-        watcher = asyncio.create_task(_watch_health(pool))
+        watchers = [asyncio.create_task(_watch_health(pool))]
+        if guard is not None:
+            watchers.append(asyncio.create_task(guard.watch(rails_path(settings), tracer, settings.rails_reload_s)))
         log.info("gateway_ready", models=pool.model_ids, dev_mode=settings.dev_mode)
         try:
             yield
         finally:
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             await pool.stop()
             await redis.aclose()
             if embedded_redis is not None:
@@ -132,22 +134,25 @@ def create_app(
         pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()), redis=redis, sessions=sessions,
         redis_url=redis_url,
         key_store=KeyStore(redis, settings.key_cache_s), responses=ResponseStore(redis, settings.session_ttl_s),
-        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis), load_guard(settings, tracer)),
+        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis), guard),
     )  # fmt: skip
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
     return app
 
 
+def rails_path(settings: Settings) -> Path:
+    return Path(settings.policies_dir) / "rails.yaml"
+
+
 def load_guard(settings: Settings, tracer: Tracer) -> Guard | None:
     """Rails from <policies_dir>/rails.yaml; an invalid file raises `RailsConfigError` (serve refuses)."""
-    path = Path(settings.policies_dir) / "rails.yaml"
+    path = rails_path(settings)
     if not path.exists():
         log.warning("rails_not_configured", path=str(path))
         return None
-    config, rails = load_rails(path)
-    log.info("rails_loaded", path=str(path), rails=[c.rail.name for c in rails])
-    streaming = config.streaming
-    return Guard(RailPipeline(rails, tracer), config.refusal, streaming.window, streaming.overlap)
+    rails = load_rail_set(path, tracer)
+    log.info("rails_loaded", path=str(path), version=rails.version)
+    return Guard(rails)
 
 
 async def _prepare_embedded(settings: Settings) -> None:

@@ -101,8 +101,8 @@ class ChatService:
         result = step.accumulator.result(request.model)
         if result.choices[0].finish_reason == "content_filter" and self.guard is not None:
             result.choices[0].message.content = self.guard.refusal  # nothing of the blocked answer
-        if step.decisions:
-            result.sentrail = {"rails": msgspec.to_builtins(step.decisions)}
+        if step.decisions and self.guard is not None:
+            result.sentrail = {"rails": msgspec.to_builtins(step.decisions), "rails_version": self.guard.rails.version}
         return result
 
     async def open_stream(

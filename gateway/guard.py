@@ -7,11 +7,18 @@ message); a mask replaces the text, so the engine only ever sees the masked vers
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
+import structlog
+from opentelemetry.trace import Tracer
 
 from rails.base import Stage
+from rails.config import RailsConfigError, load_rails
 from rails.pipeline import Decision, RailPipeline, StageResult
 
 from .errors import GatewayError
@@ -25,23 +32,69 @@ from .protocol import (
     ToolMessage,
 )
 
+log = structlog.get_logger("sentrail.rails")
+
 
 class ContentFiltered(GatewayError):
     error_type = "content_filter"
 
 
+@dataclass(frozen=True)
+class RailSet:
+    """One loaded rails file: its pipeline, settings and version (SHA-256 of the file, shortened)."""
+
+    pipeline: RailPipeline
+    refusal: str = "I can't help with that."
+    window: int = 256
+    overlap: int = 128
+    version: str = ""
+
+
+def load_rail_set(path: Path, tracer: Tracer | None = None) -> RailSet:
+    """Raises `RailsConfigError` listing every problem with file:line."""
+    config, rails = load_rails(path)
+    version = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    streaming = config.streaming
+    return RailSet(RailPipeline(rails, tracer), config.refusal, streaming.window, streaming.overlap, version)
+
+
 class Guard:
-    def __init__(self, pipeline: RailPipeline, refusal: str = "I can't help with that.", window: int = 256,
-                 overlap: int = 128) -> None:  # fmt: skip
-        self.pipeline = pipeline
-        self.refusal = refusal
-        self.window = window
-        self.overlap = overlap
+    """The rails in force. `rails` is swapped whole on reload; a step uses the set it started with."""
+
+    def __init__(self, rails: RailSet) -> None:
+        self.rails = rails
+
+    @property
+    def pipeline(self) -> RailPipeline:
+        return self.rails.pipeline
+
+    @property
+    def refusal(self) -> str:
+        return self.rails.refusal
 
     def output_filter(self) -> OutputFilter | None:
-        if not self.pipeline.has(Stage.OUTPUT):
+        rails = self.rails
+        if not rails.pipeline.has(Stage.OUTPUT):
             return None
-        return OutputFilter(self.pipeline, self.window, self.overlap)
+        return OutputFilter(rails.pipeline, rails.window, rails.overlap)
+
+    async def watch(self, path: Path, tracer: Tracer | None, interval_s: float = 2.0) -> None:
+        """Hot reload: a changed file that loads replaces the rails; one that does not is logged with
+        every error and the last good rails keep serving."""
+        seen = _signature(path)
+        while True:
+            await asyncio.sleep(interval_s)
+            current = _signature(path)
+            if current == seen:
+                continue
+            seen = current
+            try:
+                rails = load_rail_set(path, tracer)
+            except RailsConfigError as exc:
+                log.error("rails_reload_failed", path=str(path), errors=exc.errors, kept=self.rails.version)
+                continue
+            self.rails = rails
+            log.info("rails_reloaded", path=str(path), version=rails.version)
 
     async def inbound(self, request: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[Decision]]:
         messages = list(request.messages)
@@ -168,3 +221,11 @@ def _chunk_like(chunk: ChatCompletionChunk, delta: Delta, finish: str | None) ->
     return ChatCompletionChunk(
         id=chunk.id, model=chunk.model, choices=[ChunkChoice(delta, finish)], created=chunk.created
     )
+
+
+def _signature(path: Path) -> tuple[float, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime, stat.st_size

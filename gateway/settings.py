@@ -53,6 +53,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     home: str = ""  # models and data live here; defaults to $SENTRAIL_HOME or ~/.cache/sentrail
     policies_dir: str = "policies"  # rails.yaml (and later tool policies) live here
+    rails_reload_s: Annotated[float, Meta(gt=0)] = 2.0  # how often rails.yaml is checked for changes
     data_dir: str = ""  # the embedded Redis persists here; defaults to <home>/data
     redis_url: str = ""  # empty: start the embedded Redis under <data_dir>/redis
     redis_fsync: Literal["always", "everysec"] = "everysec"  # embedded Redis AOF fsync policy
