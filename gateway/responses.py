@@ -47,6 +47,10 @@ _message_decoder = msgspec.json.Decoder(list[Message])
 _encoder = msgspec.json.Encoder()
 
 
+# chat finish_reason -> Responses `incomplete_details.reason`
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
 class ResponseNotFound(GatewayError):
     error_type = "response_not_found"
 
@@ -234,8 +238,6 @@ def response_object(
             "total_tokens": usage.total_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         }  # fmt: skip
-    if status == "incomplete":
-        body["incomplete_details"] = {"reason": "max_output_tokens"}
     return body
 
 
@@ -289,9 +291,11 @@ class ResponseRun:
         self._sequence = 0
 
     async def finish(self, accumulator: Accumulator) -> dict[str, Any]:
-        status = "incomplete" if accumulator.finish_reason == "length" else "completed"
-        body = response_object(self.id, self.request, status, output_items(accumulator, self.message_id),
-                               accumulator.usage)  # fmt: skip
+        reason = INCOMPLETE.get(accumulator.finish_reason or "")
+        body = response_object(self.id, self.request, "incomplete" if reason else "completed",
+                               output_items(accumulator, self.message_id), accumulator.usage)  # fmt: skip
+        if reason:
+            body["incomplete_details"] = {"reason": reason}
         if self.request.store:
             messages = [*self.chat.messages, assistant_turn(accumulator)]
             if self.request.instructions:  # instructions apply to one turn; they are not carried along

@@ -80,3 +80,13 @@ async def test_long_clean_answers_stream_in_pieces(make_client, policies):
     texts = [d["choices"][0]["delta"].get("content") for d in deltas if d["choices"]]
     assert "".join(t or "" for t in texts) == "".join(words)
     assert len([t for t in texts if t]) > 3  # released window by window, not all at the end
+
+
+async def test_a_blocked_response_is_incomplete_with_reason_content_filter(make_client, policies):
+    engine = ScriptedEngine(text_chunks(*LEAKY))
+    async with make_client(engine, policies_dir=policies) as client:
+        response = await client.post("/v1/responses", json={"model": MODEL, "input": "hi"})
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "incomplete"
+    assert body["incomplete_details"] == {"reason": "content_filter"}
+    assert "nightingale" not in json.dumps(body["output"]).lower()
