@@ -22,7 +22,7 @@ from engines.pool import EnginePool
 from rails.pipeline import Decision
 
 from .errors import ModelNotFound, describe, sse_error_event
-from .guard import Guard, filter_output
+from .guard import ContentFiltered, Guard, filter_output
 from .keys import KeyRecord
 from .metrics import Metrics
 from .observability import chat_span_attributes
@@ -162,12 +162,18 @@ class ChatService:
         ctx.key.require_model(request.model)
         ctx.headers.update(await self.limiter.admit(ctx.key))
         pending = await self.sessions.begin(ctx.key, ctx.session_id, ctx.is_new_session)
-        decisions: list[Decision] = []
-        if self.guard is not None:  # before the engine and the session record see the messages
-            request, decisions = await self.guard.inbound(request)
-        pending.observe(request)
         tokens_left = pending.check_budgets(time.time())
         ctx.headers["x-session-id"] = ctx.session_id
+        decisions: list[Decision] = []
+        if self.guard is not None:  # before the engine and the session record see the messages
+            try:
+                request, decisions = await self.guard.inbound(request)
+            except ContentFiltered as blocked:  # the session records the blocked step, not its content
+                step = StepRun(request, ctx, pending, Accumulator(), api, blocked.decisions)
+                pending.flags.append(f"blocked:{blocked.param}")
+                await self._commit(step)
+                raise
+        pending.observe(request)
         if tokens_left is not None:  # never let one step overrun the session's token budget
             asked = request.max_completion_tokens or request.max_tokens or tokens_left
             request = msgspec.structs.replace(request, max_completion_tokens=min(asked, tokens_left), max_tokens=None)

@@ -38,6 +38,10 @@ log = structlog.get_logger("sentrail.rails")
 class ContentFiltered(GatewayError):
     error_type = "content_filter"
 
+    def __init__(self, message: str, param: str | None, decisions: list[Decision]) -> None:
+        super().__init__(message, param)
+        self.decisions = decisions  # what the rails decided on this step, the block last
+
 
 @dataclass(frozen=True)
 class RailSet:
@@ -126,9 +130,8 @@ class Guard:
         decisions.extend(result.decisions)
         if result.blocked is not None:
             what = "tool result" if stage == Stage.TOOL_RESULT else "prompt"
-            raise ContentFiltered(
-                f"The {what} was blocked by rail {result.blocked.rail}: {result.blocked.reason}", f"messages[{index}]"
-            )
+            message = f"The {what} was blocked by rail {result.blocked.rail}: {result.blocked.reason}"
+            raise ContentFiltered(message, f"messages[{index}]", list(decisions))
         return result.content
 
 

@@ -80,3 +80,15 @@ async def test_benign_traffic_passes(make_client, stage):
     async with make_client() as client:
         response = await client.post(CHAT, json={"model": MODEL, "messages": messages})
     assert response.status_code == 200 and response.json()["sentrail"] is None
+
+
+async def test_a_blocked_step_is_recorded_without_its_content(make_client):
+    secret = "AKIAIOSFODNN7EXAMPLE"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"my key is {secret}"}]}
+    async with make_client() as client:
+        assert (await client.post(CHAT, json=body, headers={"x-session-id": "blocked"})).status_code == 400
+        session = (await client.get("/v1/sessions/blocked")).json()
+    step = session["steps"][0]
+    assert step["flags"] == ["blocked:messages[0]"] and step["received"] == []
+    assert step["rails"][-1]["rail"] == "input.secrets" and step["rails"][-1]["action"] == "block"
+    assert secret not in str(session)
