@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     prepare = model.add_parser("prepare", parents=[common], help="build the embedded model offline (idempotent)")
     prepare.add_argument("--force", action="store_true", help="rebuild even when already prepared")
 
+    policy = commands.add_parser("policy", help="work with policy files").add_subparsers(dest="action", required=True)
+    check = policy.add_parser("check", parents=[common], help="validate <policies_dir>/rails.yaml; errors as file:line")
+    check.add_argument("--dir", help="policies directory (default: the configured policies_dir)")
+
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", parents=[common], help="create a key for a tenant (the secret is shown once)")
     create.add_argument("--tenant", required=True)
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "model":
             prepare_embedded_model(settings.home_path, force=args.force)
             return 0
+        if args.command == "policy":
+            return _policy_check(Path(args.dir or settings.policies_dir))
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
         print(f"sentrail: {exc}", file=sys.stderr)
@@ -61,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     except RailsConfigError as exc:
         print("sentrail: invalid rails configuration:", *exc.errors, sep="\n  ", file=sys.stderr)
         return 2
+
+
+def _policy_check(directory: Path) -> int:
+    from .guard import load_rail_set
+
+    path = directory / "rails.yaml"
+    rails = load_rail_set(path)  # RailsConfigError: printed by main() with every file:line
+    names = [c.rail.name for stage in rails.pipeline.by_stage.values() for c in stage]
+    print(f"{path}: ok, version {rails.version}, {len(names)} rails: {', '.join(names)}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

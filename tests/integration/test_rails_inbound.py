@@ -92,3 +92,11 @@ async def test_a_blocked_step_is_recorded_without_its_content(make_client):
     assert step["flags"] == ["blocked:messages[0]"] and step["received"] == []
     assert step["rails"][-1]["rail"] == "input.secrets" and step["rails"][-1]["action"] == "block"
     assert secret not in str(session)
+
+
+def test_policy_check_reports_ok_or_every_error(tmp_path, capsys):
+    assert main(["policy", "check"]) == 0
+    assert "policies/rails.yaml: ok, version" in capsys.readouterr().out
+    (tmp_path / "rails.yaml").write_text("stages:\n  output:\n    - rail: deny\n      patterns: ['(']\n")
+    assert main(["policy", "check", "--dir", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'rails.yaml'}:3: stages.output[0]" in capsys.readouterr().err
