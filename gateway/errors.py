@@ -33,7 +33,6 @@ ERRORS: dict[str, ErrorKind] = {
     "client_disconnected": ErrorKind(499, "invalid_request_error"),
     "internal_error": ErrorKind(500, "server_error"),
     "engine_error": ErrorKind(502, "server_error"),
-    "rail_failed": ErrorKind(503, "server_error"),
     "engine_unavailable": ErrorKind(503, "server_error"),
     "store_unavailable": ErrorKind(503, "server_error"),
     "invalid_api_key": ErrorKind(401, "authentication_error"),

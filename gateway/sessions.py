@@ -184,8 +184,8 @@ class SessionStore:
             results = await pipe.execute()
         return [_state(tenant, session_id, *results[3 * i : 3 * i + 3]) for i, session_id in enumerate(session_ids)]
 
-    async def commit(self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]) -> int:
-        """Write the whole step atomically (one MULTI/EXEC); returns the step number."""
+    async def commit(self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]) -> None:
+        """Write the whole step atomically (one MULTI/EXEC)."""
         state = pending.state
         meta_key, steps_key, calls_key, labels_key = _keys(state.tenant, state.session_id)
         now = step.at
@@ -206,8 +206,7 @@ class SessionStore:
             for key in (meta_key, steps_key, calls_key, labels_key):
                 pipe.expire(key, self.ttl_s)
             pipe.zadd(_index(state.tenant), {state.session_id: now})
-            results = await pipe.execute()
-        return int(results[2])
+            await pipe.execute()
 
     async def steps(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
         _, steps_key, _, _ = _keys(tenant, session_id)

@@ -7,8 +7,6 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from gateway.protocol import SentrailError
-
 
 class Stage(StrEnum):
     INPUT = "input"
@@ -41,12 +39,6 @@ class Verdict(msgspec.Struct, frozen=True):
 
 
 _ALLOW = Verdict(Action.ALLOW)
-
-
-class RailError(SentrailError):
-    """A rail that could not decide; the pipeline fails closed on it."""
-
-    error_type = "rail_failed"
 
 
 @runtime_checkable
