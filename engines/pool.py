@@ -52,6 +52,10 @@ class EnginePool:
     def engines(self) -> list[Engine]:
         return [r.engine for m in self._models.values() for r in m.replicas]
 
+    def engines_of(self, model_id: str) -> list[Engine]:
+        model = self._models.get(model_id)
+        return [r.engine for r in model.replicas] if model is not None else []
+
     async def start(self) -> None:
         await asyncio.gather(*(engine.start() for engine in self.engines()))
 

@@ -56,6 +56,7 @@ class OpenAIEngine:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.upstream_model = upstream_model
+        self.api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=connect_timeout_s)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,7 @@ from engines.models import embedded_model_dir, is_prepared, prepare_embedded_mod
 from engines.pool import EnginePool
 from engines.remote import OpenAIEngine
 from engines.vllm_server import VllmServerEngine
+from rails.builtin.nemo import Endpoint, ModelResolver
 
 from .chat import ChatService
 from .errors import STATUS_ERROR_TYPES, describe, kind_of, to_error_body
@@ -94,7 +96,7 @@ def create_app(
         redis_url = embedded_redis.url
     redis = connect_redis(redis_url, settings.redis_timeout_s)
     sessions = SessionStore(redis, settings.session_ttl_s)
-    guard = load_guard(settings, tracer)
+    guard = load_guard(settings, tracer, partial(model_endpoint, pool))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -113,6 +115,8 @@ def create_app(
         finally:
             for watcher in watchers:
                 watcher.cancel()
+            if guard is not None:
+                await guard.aclose()
             await pool.stop()
             await redis.aclose()
             if embedded_redis is not None:
@@ -144,15 +148,24 @@ def rails_path(settings: Settings) -> Path:
     return Path(settings.policies_dir) / "rails.yaml"
 
 
-def load_guard(settings: Settings, tracer: Tracer) -> Guard | None:
+def load_guard(settings: Settings, tracer: Tracer, resolve: ModelResolver | None = None) -> Guard | None:
     """Rails from <policies_dir>/rails.yaml; an invalid file raises `RailsConfigError` (serve refuses)."""
     path = rails_path(settings)
     if not path.exists():
         log.warning("rails_not_configured", path=str(path))
         return None
-    rails = load_rail_set(path, tracer)
+    rails = load_rail_set(path, tracer, resolve)
     log.info("rails_loaded", path=str(path), version=rails.version)
-    return Guard(rails)
+    return Guard(rails, resolve)
+
+
+def model_endpoint(pool: EnginePool, model_id: str) -> Endpoint | None:
+    """Where LLM-backed rails reach a Sentrail model: the OpenAI-compatible surface of its first engine."""
+    for engine in pool.engines_of(model_id):
+        base_url = getattr(engine, "base_url", None)
+        if base_url:
+            return Endpoint(f"{base_url}/v1", engine.upstream_model, engine.api_key)
+    return None
 
 
 async def _prepare_embedded(settings: Settings) -> None:

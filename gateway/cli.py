@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_embedded_model(settings.home_path, force=args.force)
             return 0
         if args.command == "policy":
-            return _policy_check(Path(args.dir or settings.policies_dir))
+            return _policy_check(Path(args.dir or settings.policies_dir), settings)
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
         print(f"sentrail: {exc}", file=sys.stderr)
@@ -70,11 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _policy_check(directory: Path) -> int:
+def _policy_check(directory: Path, settings: Settings) -> int:
+    from rails.builtin.nemo import Endpoint
+
     from .guard import load_rail_set
 
     path = directory / "rails.yaml"
-    rails = load_rail_set(path)  # RailsConfigError: printed by main() with every file:line
+    model_ids = {m.id for m in settings.models}  # NeMo rails may only name models this gateway serves
+
+    def resolve(model_id: str) -> Endpoint | None:
+        return Endpoint("http://127.0.0.1/v1", model_id) if model_id in model_ids else None
+
+    rails = load_rail_set(path, resolve=resolve)  # RailsConfigError: printed by main() with every file:line
     names = [c.rail.name for stage in rails.pipeline.by_stage.values() for c in stage]
     print(f"{path}: ok, version {rails.version}, {len(names)} rails: {', '.join(names)}")
     return 0

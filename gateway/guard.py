@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ import structlog
 from opentelemetry.trace import Tracer
 
 from rails.base import Stage
-from rails.config import RailsConfigError, load_rails
+from rails.builtin.nemo import ModelResolver
+from rails.config import RailsConfigError, load_rails, referenced_files
 from rails.pipeline import Decision, RailPipeline, StageResult
 
 from .errors import GatewayError
@@ -54,10 +56,15 @@ class RailSet:
     version: str = ""
 
 
-def load_rail_set(path: Path, tracer: Tracer | None = None) -> RailSet:
-    """Raises `RailsConfigError` listing every problem with file:line."""
-    config, rails = load_rails(path)
-    version = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def load_rail_set(path: Path, tracer: Tracer | None = None, resolve: ModelResolver | None = None) -> RailSet:
+    """Raises `RailsConfigError` listing every problem with file:line. The version is a SHA-256 over
+    the rails file and every NeMo config file it uses."""
+    config, rails = load_rails(path, resolve)
+    digest = hashlib.sha256()
+    for file in referenced_files(path, config):
+        digest.update(f"{os.path.relpath(file.resolve(), path.parent.resolve())}\0".encode())
+        digest.update(file.read_bytes())
+    version = digest.hexdigest()[:16]
     streaming = config.streaming
     return RailSet(RailPipeline(rails, tracer), config.refusal, streaming.window, streaming.overlap, version)
 
@@ -65,8 +72,10 @@ def load_rail_set(path: Path, tracer: Tracer | None = None) -> RailSet:
 class Guard:
     """The rails in force. `rails` is swapped whole on reload; a step uses the set it started with."""
 
-    def __init__(self, rails: RailSet) -> None:
+    def __init__(self, rails: RailSet, resolve: ModelResolver | None = None) -> None:
         self.rails = rails
+        self.resolve = resolve
+        self._retired: set[asyncio.Task] = set()
 
     @property
     def pipeline(self) -> RailPipeline:
@@ -82,23 +91,34 @@ class Guard:
             return None
         return OutputFilter(rails.pipeline, rails.window, rails.overlap)
 
-    async def watch(self, path: Path, tracer: Tracer | None, interval_s: float = 2.0) -> None:
-        """Hot reload: a changed file that loads replaces the rails; one that does not is logged with
-        every error and the last good rails keep serving."""
-        seen = _signature(path)
+    async def watch(self, path: Path, tracer: Tracer | None, interval_s: float = 2.0, grace_s: float = 60.0) -> None:
+        """Hot reload: a change under the policies folder that loads replaces the rails; one that does
+        not is logged with every error and the last good rails keep serving. Replaced rails are
+        closed after `grace_s`, once the steps that started with them are done."""
+        seen = _signature(path.parent)
         while True:
             await asyncio.sleep(interval_s)
-            current = _signature(path)
+            current = _signature(path.parent)
             if current == seen:
                 continue
             seen = current
             try:
-                rails = load_rail_set(path, tracer)
+                rails = load_rail_set(path, tracer, self.resolve)
             except RailsConfigError as exc:
                 log.error("rails_reload_failed", path=str(path), errors=exc.errors, kept=self.rails.version)
                 continue
-            self.rails = rails
+            if rails.version == self.rails.version:
+                continue
+            retired, self.rails = self.rails, rails
             log.info("rails_reloaded", path=str(path), version=rails.version)
+            task = asyncio.create_task(_close_later(retired, grace_s))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
+        await self.rails.pipeline.aclose()
 
     async def inbound(self, request: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[Decision]]:
         messages = list(request.messages)
@@ -226,9 +246,21 @@ def _chunk_like(chunk: ChatCompletionChunk, delta: Delta, finish: str | None) ->
     )
 
 
-def _signature(path: Path) -> tuple[float, int] | None:
+async def _close_later(rails: RailSet, delay_s: float) -> None:
     try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime, stat.st_size
+        await asyncio.sleep(delay_s)
+    finally:
+        await rails.pipeline.aclose()
+
+
+def _signature(folder: Path) -> list[tuple[str, int, int]]:
+    """What changed under the policies folder: every file's path, mtime and size."""
+    found = []
+    for file in sorted(folder.rglob("*")):
+        try:
+            stat = file.stat()
+        except OSError:
+            continue
+        if file.is_file():
+            found.append((str(file), stat.st_mtime_ns, stat.st_size))
+    return found

@@ -18,6 +18,7 @@ from .base import Stage
 from .builtin.detect import PII, pii_rail, secrets_rail
 from .builtin.injection import InjectionRail
 from .builtin.limits import DenyRail, LengthRail
+from .builtin.nemo import IORAILS_QUEUE_DEPTH, ModelResolver, NemoConfigError, NemoRail, load_nemo_config
 from .pipeline import Configured
 
 
@@ -55,7 +56,14 @@ class InjectionSpec(_Common, tag_field="rail", tag="injection"):
     threshold: float = 0.5
 
 
-RailSpec = LengthSpec | DenySpec | SecretsSpec | PiiSpec | InjectionSpec
+class NemoSpec(_Common, tag_field="rail", tag="nemo"):
+    config: str = ""  # a NeMo Guardrails config folder, relative to the rails file
+    allow_python: bool = False
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=IORAILS_QUEUE_DEPTH)] = 128
+    timeout_s: float = 10.0
+
+
+RailSpec = LengthSpec | DenySpec | SecretsSpec | PiiSpec | InjectionSpec | NemoSpec
 
 
 class Stages(msgspec.Struct, forbid_unknown_fields=True):
@@ -88,8 +96,9 @@ _BUILDERS: dict[type, Callable[[Any, str, Stage], Any]] = {
 }
 
 
-def load_rails(path: Path) -> tuple[RailsConfig, list[Configured]]:
-    """Parse, validate and build; raise `RailsConfigError` listing every problem with file:line."""
+def load_rails(path: Path, resolve: ModelResolver | None = None) -> tuple[RailsConfig, list[Configured]]:
+    """Parse, validate and build; raise `RailsConfigError` listing every problem with file:line.
+    `resolve` maps Sentrail model ids to engine endpoints for LLM-backed NeMo rails."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -117,8 +126,7 @@ def load_rails(path: Path) -> tuple[RailsConfig, list[Configured]]:
                 for pattern in entry.get("patterns") or () if isinstance(entry, dict) else ():
                     _compile(pattern)
             except (msgspec.ValidationError, ValueError) as exc:
-                where = _line(node, ["stages", stage.value, index])
-                errors.append(f"{path}:{where}: stages.{stage.value}[{index}]: {exc}")
+                errors.append(_entry_error(path, node, stage, index, exc))
     if not errors:
         try:
             config = msgspec.convert(raw if raw is not None else {}, RailsConfig)
@@ -126,16 +134,43 @@ def load_rails(path: Path) -> tuple[RailsConfig, list[Configured]]:
             errors.append(f"{path}:{_line(node, _path_of(exc))}: {exc}")
     if errors:
         raise RailsConfigError(errors)
-    return config, build(config)
+    rails: list[Configured] = []
+    for stage in Stage:
+        for index, spec in enumerate(getattr(config.stages, stage.value)):
+            name = spec.name or f"{stage.value}.{type(spec).__struct_config__.tag}"
+            try:
+                if isinstance(spec, NemoSpec):
+                    if not spec.config:
+                        raise NemoConfigError("`config:` is required: a NeMo Guardrails config folder")
+                    nemo = load_nemo_config(nemo_folder(path, spec), spec.allow_python, resolve)
+                    rail = NemoRail(name, stage, nemo, spec.max_concurrency)
+                else:
+                    rail = _BUILDERS[type(spec)](spec, name, stage)
+            except NemoConfigError as exc:
+                errors.append(_entry_error(path, node, stage, index, exc))
+                continue
+            rails.append(Configured(rail, spec.shadow, spec.timeout_s))
+    if errors:
+        raise RailsConfigError(errors)
+    return config, rails
 
 
-def build(config: RailsConfig) -> list[Configured]:
-    rails = []
+def _entry_error(path: Path, node: Any, stage: Stage, index: int, exc: Exception) -> str:
+    return f"{path}:{_line(node, ['stages', stage.value, index])}: stages.{stage.value}[{index}]: {exc}"
+
+
+def nemo_folder(path: Path, spec: NemoSpec) -> Path:
+    return (path.parent / spec.config).resolve()
+
+
+def referenced_files(path: Path, config: RailsConfig) -> list[Path]:
+    """The rails file and every file of the NeMo configs it uses, in a stable order (for its version)."""
+    files = [path]
     for stage in Stage:
         for spec in getattr(config.stages, stage.value):
-            name = spec.name or f"{stage.value}.{type(spec).__struct_config__.tag}"
-            rails.append(Configured(_BUILDERS[type(spec)](spec, name, stage), spec.shadow, spec.timeout_s))
-    return rails
+            if isinstance(spec, NemoSpec):
+                files.extend(sorted(p for p in nemo_folder(path, spec).rglob("*") if p.is_file()))
+    return files
 
 
 def _compile(pattern: str) -> None:

@@ -59,6 +59,14 @@ class RailPipeline:
         for configured in rails:
             self.by_stage[configured.rail.stage].append(configured)
 
+    async def aclose(self) -> None:
+        """Release what rails hold (NeMo engines' HTTP sessions)."""
+        for rails in self.by_stage.values():
+            for configured in rails:
+                close = getattr(configured.rail, "close", None)
+                if close is not None:
+                    await close()
+
     def has(self, stage: Stage) -> bool:
         return bool(self.by_stage[stage])
 

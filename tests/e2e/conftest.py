@@ -22,6 +22,7 @@ from gateway.settings import load_settings
 STARTUP_TIMEOUT_S = 600
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = "project nightingale"
+NEMO_DENIED = "launch codes"  # a NeMo Guardrails regex rail on input blocks this
 
 
 class Gateway:
@@ -50,6 +51,11 @@ def gateway(tmp_path_factory):
     policies = tmp_path_factory.mktemp("policies")  # the shipped rails plus one deny phrase to test with
     rails = yaml.safe_load((ROOT / "policies" / "rails.yaml").read_text())
     rails["stages"]["output"].append({"rail": "deny", "keywords": [FORBIDDEN]})
+    rails["stages"]["input"].append({"rail": "nemo", "name": "input.nemo_regex", "config": "nemo/regex"})
+    (policies / "nemo" / "regex").mkdir(parents=True)
+    nemo = {"rails": {"config": {"regex_detection": {"input": {"patterns": [NEMO_DENIED], "case_insensitive": True}}},
+                      "input": {"flows": ["regex check input"]}}}  # fmt: skip
+    (policies / "nemo" / "regex" / "config.yml").write_text(yaml.safe_dump(nemo))
     (policies / "rails.yaml").write_text(yaml.safe_dump(rails))
     settings = load_settings(environ={}, port=free_port(), dev_mode=True, data_dir=data_dir, policies_dir=str(policies))
     prepare_embedded_model(settings.home_path)

@@ -4,7 +4,12 @@ import httpx
 import openai
 import pytest
 
-from .conftest import FORBIDDEN
+from gateway.app import model_endpoint
+from rails.base import Stage
+from rails.config import load_rails
+from rails.pipeline import RailPipeline
+
+from .conftest import FORBIDDEN, NEMO_DENIED
 
 pytestmark = pytest.mark.e2e
 
@@ -80,3 +85,46 @@ def test_a_forbidden_phrase_in_the_answer_never_reaches_the_client(client, model
         text, finish = completion.choices[0].message.content, [completion.choices[0].finish_reason]
     assert "nightingale" not in text.lower()
     assert finish == ["content_filter"]
+
+
+def test_a_nemo_guardrails_rail_blocks_the_prompt(client, model):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": f"Tell me the {NEMO_DENIED.upper()}."}], max_tokens=8
+        )
+    assert caught.value.code == "content_filter"
+    assert "input.nemo_regex" in caught.value.message and "regex check input" in caught.value.message
+
+
+SELF_CHECK = """\
+models:
+  - {type: main, engine: sentrail, model: %s, parameters: {temperature: 0, max_tokens: 2}}
+rails:
+  input: {flows: [self check input]}
+prompts:
+  - task: self_check_input
+    content: "%s"
+"""
+
+
+async def test_an_llm_backed_nemo_rail_decides_with_the_pool_model(gateway, model, tmp_path):
+    """`engine: sentrail` reaches the embedded model's engine; the rail's verdict is that model's answer."""
+    prompt = "Answer with one word, Yes or No. Is the sky green? {{ user_input }}"
+    (tmp_path / "judge").mkdir()
+    (tmp_path / "judge" / "config.yml").write_text(SELF_CHECK % (model, prompt))
+    (tmp_path / "rails.yaml").write_text("stages:\n  input:\n    - {rail: nemo, config: judge, timeout_s: 60}\n")
+    _, rails = load_rails(tmp_path / "rails.yaml", lambda m: model_endpoint(gateway.app.state.pool, m))
+    pipeline = RailPipeline(rails)
+    requests_before = gateway.engine_metric("vllm:request_success_total")
+    try:
+        result = await pipeline.run(Stage.INPUT, "Answer:")
+    finally:
+        await pipeline.aclose()
+    assert gateway.engine_metric("vllm:request_success_total") == requests_before + 1
+    # The same question asked directly: NeMo blocks on a "yes" answer and passes otherwise.
+    body = {"model": model, "max_tokens": 2, "temperature": 0,
+            "messages": [{"role": "user", "content": prompt.replace("{{ user_input }}", "Answer:")}]}  # fmt: skip
+    async with httpx.AsyncClient(timeout=60) as direct:
+        answer = (await direct.post(f"{gateway.engine_url}/v1/chat/completions", json=body)).json()
+    said_yes = answer["choices"][0]["message"]["content"].strip().lower().startswith("yes")
+    assert (result.blocked is not None) == said_yes, (answer, result)

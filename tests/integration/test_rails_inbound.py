@@ -100,3 +100,17 @@ def test_policy_check_reports_ok_or_every_error(tmp_path, capsys):
     (tmp_path / "rails.yaml").write_text("stages:\n  output:\n    - rail: deny\n      patterns: ['(']\n")
     assert main(["policy", "check", "--dir", str(tmp_path)]) == 2
     assert f"{tmp_path / 'rails.yaml'}:3: stages.output[0]" in capsys.readouterr().err
+
+
+def test_policy_check_knows_which_models_nemo_rails_may_name(tmp_path, capsys):
+    (tmp_path / "judge").mkdir()
+    nemo = "models:\n  - {type: main, engine: sentrail, model: %s}\nrails:\n  input: {flows: [self check input]}\n"
+    nemo += "prompts:\n  - {task: self_check_input, content: 'Block {{ user_input }}? Answer:'}\n"
+    (tmp_path / "rails.yaml").write_text("stages:\n  input:\n    - {rail: nemo, config: judge}\n")
+    (tmp_path / "judge" / "config.yml").write_text(nemo % "no-such-model")
+    assert main(["policy", "check", "--dir", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'rails.yaml'}:3: stages.input[0]" in (err := capsys.readouterr().err)
+    assert "'no-such-model' (engine: sentrail) is not a Sentrail model" in err
+    (tmp_path / "judge" / "config.yml").write_text(nemo % "SmolLM2-135M-Instruct")  # the default model
+    assert main(["policy", "check", "--dir", str(tmp_path)]) == 0
+    assert "1 rails: input.nemo" in capsys.readouterr().out

@@ -56,3 +56,23 @@ async def test_good_edits_apply_and_broken_ones_keep_the_last_good(make_client, 
         assert (await client.post(CHAT, json=ask("plums"))).status_code == 200
     failure = next(json.loads(line) for line in logs.getvalue().splitlines() if "rails_reload_failed" in line)
     assert failure["errors"] == [f"{rails}:5: stages.input[1]: Invalid value 'nonsense' - at `$.rail`"]
+
+
+async def test_an_edit_inside_a_nemo_config_folder_reloads_the_rails(make_client, tmp_path):
+    nemo = "rails:\n  config:\n    regex_detection:\n      input: {patterns: [%s]}\n"
+    nemo += "  input: {flows: [regex check input]}\n"
+    (tmp_path / "guard").mkdir()
+    config = tmp_path / "guard" / "config.yml"
+    await write(config, nemo % "apples", 1_000_000)
+    await write(tmp_path / "rails.yaml", "stages:\n  input:\n    - {rail: nemo, config: guard}\n", 1_000_000)
+    async with make_client(ScriptedEngine(), policies_dir=str(tmp_path), rails_reload_s=0.05) as client:
+        first = await client.post(CHAT, json=ask("apples"))
+        assert first.status_code == 400 and "regex check input" in first.json()["error"]["message"]
+        assert (await client.post(CHAT, json=ask("pears"))).status_code == 200
+        await write(config, nemo % "pears", 1_000_100)
+
+        async def pears_blocked() -> bool:
+            return (await client.post(CHAT, json=ask("pears"))).status_code == 400
+
+        await wait_for(pears_blocked)
+        assert (await client.post(CHAT, json=ask("apples"))).status_code == 200
