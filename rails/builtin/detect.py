@@ -7,6 +7,7 @@ with `[NAME]`, right to left so offsets stay valid.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -20,13 +21,57 @@ Span = tuple[int, int]
 Finder = Callable[[str], list[Span]]
 
 
-def _regex(pattern: str, flags: int = 0, valid: Callable[[str], bool] | None = None) -> Finder:
-    compiled = re.compile(pattern, flags)
+DIGITS = tuple("0123456789")
+_DIGIT_RUN = re.compile(r"\d+")
 
-    def find(text: str) -> list[Span]:
-        return [m.span() for m in compiled.finditer(text) if valid is None or valid(m.group())]
 
-    return find
+class _Regex:
+    """A regex finder; `needs` lists substrings of which any match contains one: text with none of
+    them is skipped at the cost of a substring search (microseconds), not a regex scan."""
+
+    def __init__(
+        self, pattern: str, flags: int = 0, valid: Callable[[str], bool] | None = None, needs: Sequence[str] = ()
+    ) -> None:
+        self.pattern, self.valid, self.needs = re.compile(pattern, flags), valid, tuple(needs)
+
+    def __call__(self, text: str) -> list[Span]:
+        if self.needs and not any(literal in text for literal in self.needs):
+            return []
+        return [m.span() for m in self.pattern.finditer(text) if self.valid is None or self.valid(m.group())]
+
+
+@functools.lru_cache(maxsize=8)
+def _digit_windows(text: str, margin: int = 8) -> list[tuple[int, str]]:
+    """(offset, segment) for the parts of `text` within `margin` characters of a digit, cut at
+    whitespace so that word boundaries and look-behinds read the same as in the whole text."""
+    windows: list[tuple[int, int]] = []
+    for match in _DIGIT_RUN.finditer(text):
+        start, end = max(0, match.start() - margin), min(len(text), match.end() + margin)
+        if windows and start <= windows[-1][1] + 4 * margin:  # a short gap costs less than a call
+            windows[-1] = (windows[-1][0], end)
+        else:
+            windows.append((start, end))
+    cut = []
+    for start, end in windows:
+        start = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start), -1) + 1
+        stop = min((i for i in (text.find(" ", end), text.find("\n", end)) if i >= 0), default=len(text))
+        cut.append((start, text[start:stop]))
+    return cut
+
+
+class _NearDigits:
+    """For detectors whose matches lie within a few characters of a digit (cards, phones, IDs):
+    scan only those parts of the text."""
+
+    def __init__(self, inner: Finder) -> None:
+        self.inner = inner
+
+    def __call__(self, text: str) -> list[Span]:
+        return [(s + offset, e + offset) for offset, segment in _digit_windows(text) for s, e in self.inner(segment)]
+
+
+def _either(*finders: Finder) -> Finder:
+    return lambda text: [span for find in finders for span in find(text)]
 
 
 def luhn_ok(candidate: str) -> bool:
@@ -74,30 +119,40 @@ def _high_entropy(text: str) -> list[Span]:
 
 
 SECRETS: dict[str, Finder] = {
-    "PRIVATE_KEY": _regex(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"),
-    "AWS_ACCESS_KEY": _regex(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    "GOOGLE_API_KEY": _regex(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
-    "GITHUB_TOKEN": _regex(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
-    "SLACK_TOKEN": _regex(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}\b"),
-    "OPENAI_KEY": _regex(r"\bsk-(?:proj-)?[A-Za-z0-9_\-]{20,}\b"),
-    "JWT": _regex(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
-    "BEARER_TOKEN": _regex(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{20,}=*"),
+    "PRIVATE_KEY": _Regex(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"),
+    "AWS_ACCESS_KEY": _Regex(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", needs=("AKIA", "ASIA")),
+    "GOOGLE_API_KEY": _Regex(r"\bAIza[0-9A-Za-z_\-]{35}\b", needs=("AIza",)),
+    "GITHUB_TOKEN": _Regex(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b", needs=("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
+    "SLACK_TOKEN": _Regex(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}\b", needs=("xox",)),
+    "OPENAI_KEY": _Regex(r"\bsk-(?:proj-)?[A-Za-z0-9_\-]{20,}\b", needs=("sk-",)),
+    "JWT": _Regex(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", needs=("eyJ",)),
+    "BEARER_TOKEN": _Regex(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{20,}=*", needs=("earer", "EARER")),
     "HIGH_ENTROPY": _high_entropy,
 }
 
 PII: dict[str, Finder] = {
-    "EMAIL": _regex(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b"),
-    "CARD": _regex(r"\b(?:\d[ \-]?){12,18}\d\b", valid=luhn_ok),
-    "IBAN": _regex(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", valid=iban_ok),
-    "US_SSN": _regex(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"),
-    "UK_NINO": _regex(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),
-    # international (+CC ...), (area) local, or North American 3-3-4; dates and versions do not match
-    "PHONE": _regex(
-        r"(?<![\w+])\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){2,5}(?!\w)"
-        r"|(?<!\w)\(\d{2,4}\)[ .\-]?\d{3,4}[ .\-]?\d{3,4}(?!\w)"
-        r"|(?<![\w.\-])\d{3}[.\-]\d{3}[.\-]\d{4}(?![\w.\-])"
+    "EMAIL": _Regex(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b", needs=("@",)),
+    "CARD": _NearDigits(_Regex(r"\b(?:\d[ \-]?){12,18}\d\b", valid=luhn_ok, needs=DIGITS)),
+    "IBAN": _NearDigits(
+        _Regex(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", valid=iban_ok, needs=DIGITS)
     ),
-    "IP_ADDRESS": _regex(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}\b", valid=ip_ok),
+    "US_SSN": _NearDigits(_Regex(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b", needs=("-",))),
+    "UK_NINO": _NearDigits(
+        _Regex(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b", needs=DIGITS)
+    ),
+    # international (+CC ...), (area) local, or North American 3-3-4; dates and versions do not match
+    "PHONE": _NearDigits(
+        _Regex(
+            r"(?<![\w+])\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){2,5}(?!\w)"
+            r"|(?<!\w)\(\d{2,4}\)[ .\-]?\d{3,4}[ .\-]?\d{3,4}(?!\w)"
+            r"|(?<![\w.\-])\d{3}[.\-]\d{3}[.\-]\d{4}(?![\w.\-])",
+            needs=DIGITS,
+        )
+    ),
+    "IP_ADDRESS": _either(
+        _NearDigits(_Regex(r"\b(?:\d{1,3}\.){3}\d{1,3}\b", valid=ip_ok, needs=DIGITS)),
+        _Regex(r"\b(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}\b", valid=ip_ok, needs=(":",)),
+    ),
 }
 
 

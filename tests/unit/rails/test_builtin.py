@@ -3,9 +3,11 @@
 import base64
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rails.base import Action, Stage
-from rails.builtin.detect import iban_ok, luhn_ok, pii_rail, secrets_rail
+from rails.builtin.detect import PII, iban_ok, luhn_ok, pii_rail, secrets_rail
 from rails.builtin.injection import InjectionRail
 from rails.builtin.limits import DenyRail, LengthRail
 
@@ -117,3 +119,15 @@ async def test_length_and_deny_rails():
     assert "project" in (await deny.check("About PROJECT  X42 ...")).reason
     assert (await deny.check("then run rm -rf /")).action == Action.BLOCK
     assert (await deny.check("firm -rfx")).action == Action.ALLOW
+
+
+_PIECES = ["4111 1111 1111 1111", "+44 20 7946 0958", "(555) 123-4567", "555.123.4567", "078-05-1120", "AB 12 34 56 C",
+           "GB82 WEST 1234 5698 7654 32", "10.0.0.1", "v1.2.3", "2025-07-01", "x", "word", " ", "\n", "-", ".", "+",
+           "(", ")", "7", "42", "ab12", "call me at"]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=30).map("".join))
+def test_scanning_near_digits_finds_what_scanning_everything_finds(text):
+    for name in ("CARD", "IBAN", "US_SSN", "UK_NINO", "PHONE"):
+        assert sorted(PII[name](text)) == sorted(PII[name].inner(text)), (name, text)
