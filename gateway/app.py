@@ -23,6 +23,7 @@ from engines.pool import EnginePool
 from engines.remote import OpenAIEngine
 from engines.vllm_server import VllmServerEngine
 from rails.builtin.nemo import Endpoint, ModelResolver
+from rails.tools.config import load_tool_policy
 
 from .chat import ChatService
 from .errors import STATUS_ERROR_TYPES, describe, kind_of, to_error_body
@@ -33,10 +34,12 @@ from .middleware import RequestContextMiddleware
 from .observability import build_tracer_provider
 from .ratelimit import RateLimiter
 from .redis_server import EmbeddedRedis, connect_redis, write_redis_url
+from .reload import watch_folder
 from .responses import ResponseStore
 from .routes import ROUTES
 from .sessions import SessionStore
 from .settings import EngineSettings, Settings
+from .tool_guard import ToolGuard
 
 log = structlog.get_logger("sentrail.app")
 HEALTH_INTERVAL_S = 5.0
@@ -97,6 +100,7 @@ def create_app(
     redis = connect_redis(redis_url, settings.redis_timeout_s)
     sessions = SessionStore(redis, settings.session_ttl_s)
     guard = load_guard(settings, tracer, partial(model_endpoint, pool))
+    tools = load_tool_guard(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -107,8 +111,10 @@ def create_app(
             await _prepare_embedded(settings)
         await pool.start()
         watchers = [asyncio.create_task(_watch_health(pool))]
-        if guard is not None:
-            watchers.append(asyncio.create_task(guard.watch(rails_path(settings), tracer, settings.rails_reload_s)))
+        reloaders = [partial(guard.reload, rails_path(settings), tracer)] if guard is not None else []
+        reloaders += [tools.reload] if tools is not None else []
+        policies = Path(settings.policies_dir)
+        watchers.append(asyncio.create_task(watch_folder(policies, settings.rails_reload_s, reloaders)))
         log.info("gateway_ready", models=pool.model_ids, dev_mode=settings.dev_mode)
         try:
             yield
@@ -138,7 +144,7 @@ def create_app(
         pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()), redis=redis, sessions=sessions,
         redis_url=redis_url,
         key_store=KeyStore(redis, settings.key_cache_s), responses=ResponseStore(redis, settings.session_ttl_s),
-        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis), guard),
+        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis), guard, tools),
     )  # fmt: skip
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
     return app
@@ -157,6 +163,17 @@ def load_guard(settings: Settings, tracer: Tracer, resolve: ModelResolver | None
     rails = load_rail_set(path, tracer, resolve)
     log.info("rails_loaded", path=str(path), version=rails.version)
     return Guard(rails, resolve)
+
+
+def load_tool_guard(settings: Settings) -> ToolGuard | None:
+    """Tool policy from <policies_dir>/tools.yaml; invalid raises `RailsConfigError` (serve refuses)."""
+    path = Path(settings.policies_dir) / "tools.yaml"
+    if not path.exists():
+        log.warning("tool_policy_not_configured", path=str(path))
+        return None
+    policy = load_tool_policy(path)
+    log.info("tool_policy_loaded", path=str(path), version=policy.version)
+    return ToolGuard(policy, path)
 
 
 def model_endpoint(pool: EnginePool, model_id: str) -> Endpoint | None:

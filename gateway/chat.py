@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import msgspec
@@ -30,6 +31,7 @@ from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from .ratelimit import RateLimiter
 from .sessions import PendingStep, SessionStore, Step, ToolCallRecord
 from .streaming import DONE, Accumulator, prepend, sse_event
+from .tool_guard import Judge, ToolGuard, judge_tool_calls
 
 log = structlog.get_logger("sentrail.chat")
 
@@ -55,6 +57,7 @@ class StepRun:
     accumulator: Accumulator
     api: str = "chat"
     decisions: list[Decision] = field(default_factory=list)
+    judge: Judge | None = None  # the tool policy's judge for this step's proposed calls
 
 
 Renderer = Callable[[StepRun, AsyncIterator[ChatCompletionChunk]], AsyncGenerator[bytes, None]]
@@ -82,6 +85,7 @@ class ChatService:
         sessions: SessionStore,
         limiter: RateLimiter,
         guard: Guard | None = None,
+        tools: ToolGuard | None = None,
         provider: str = "vllm",
     ) -> None:
         self.pool = pool
@@ -90,6 +94,7 @@ class ChatService:
         self.sessions = sessions
         self.limiter = limiter
         self.guard = guard
+        self.tools = tools
         self.provider = provider
         self._models = set(pool.model_ids)
 
@@ -101,8 +106,12 @@ class ChatService:
         result = step.accumulator.result(request.model)
         if result.choices[0].finish_reason == "content_filter" and self.guard is not None:
             result.choices[0].message.content = self.guard.refusal  # nothing of the blocked answer
+        extension: dict[str, Any] = {}
         if step.decisions and self.guard is not None:
-            result.sentrail = {"rails": msgspec.to_builtins(step.decisions), "rails_version": self.guard.rails.version}
+            extension = {"rails": msgspec.to_builtins(step.decisions), "rails_version": self.guard.rails.version}
+        if step.judge is not None and step.judge.decisions:
+            extension.update(step.judge.extension())
+        result.sentrail = extension or None
         return result
 
     async def open_stream(
@@ -144,14 +153,15 @@ class ChatService:
         committed to its session before the generator finishes (a stream's last event follows it)."""
         output = self.guard.output_filter() if self.guard is not None else None
         async with aclosing(self._generate(step.request, step.ctx.request_id)) as chunks:
-            if output is None:
-                async for chunk in chunks:
-                    step.accumulator.add(chunk)
-                    yield chunk
-            else:
-                async for chunk in filter_output(chunks, output, self.guard.refusal):  # type: ignore[union-attr]
-                    step.accumulator.add(chunk)
-                    yield chunk
+            stream: AsyncIterator[ChatCompletionChunk] = chunks
+            if output is not None:
+                stream = filter_output(stream, output, self.guard.refusal)  # type: ignore[union-attr]
+            if step.judge is not None:
+                stream = judge_tool_calls(stream, step.judge)
+            async for chunk in stream:
+                step.accumulator.add(chunk)
+                yield chunk
+            if output is not None:
                 step.decisions.extend(output.decisions)
         await self._commit(step)
 
@@ -174,10 +184,14 @@ class ChatService:
                 await self._commit(step)
                 raise
         pending.observe(request)
+        judge = None
+        if self.tools is not None:
+            self.tools.label(pending, decisions)
+            judge = self.tools.judge(request, pending, ctx.key.tenant)
         if tokens_left is not None:  # never let one step overrun the session's token budget
             asked = request.max_completion_tokens or request.max_tokens or tokens_left
             request = msgspec.structs.replace(request, max_completion_tokens=min(asked, tokens_left), max_tokens=None)
-        return StepRun(request, ctx, pending, Accumulator(), api, decisions)
+        return StepRun(request, ctx, pending, Accumulator(), api, decisions, judge)
 
     async def _commit(self, run: StepRun) -> None:
         accumulator, pending = run.accumulator, run.pending
@@ -198,8 +212,14 @@ class ChatService:
             usage={"input": usage.prompt_tokens, "output": usage.completion_tokens},
             flags=pending.flags,
             rails=run.decisions,
+            tool_calls=run.judge.decisions if run.judge is not None else [],
+            labels=sorted(pending.new_labels),
         )
         emitted = {c.id: ToolCallRecord(c.function.name, c.function.arguments, number) for c in calls}
+        for decision in run.judge.decisions if run.judge is not None else ():
+            if decision.action != "allow":  # withheld calls are part of the session's history too
+                arguments = run.judge.arguments.get(decision.call_id, "")  # type: ignore[union-attr]
+                emitted[decision.call_id] = ToolCallRecord(decision.tool, arguments, number, decision.action)
         await self.sessions.commit(pending, step, emitted)
         await self.limiter.add_tokens(run.ctx.key, usage.total_tokens)
 

@@ -91,29 +91,22 @@ class Guard:
             return None
         return OutputFilter(rails.pipeline, rails.window, rails.overlap)
 
-    async def watch(self, path: Path, tracer: Tracer | None, interval_s: float = 2.0, grace_s: float = 60.0) -> None:
-        """Hot reload: a change under the policies folder that loads replaces the rails; one that does
-        not is logged with every error and the last good rails keep serving. Replaced rails are
-        closed after `grace_s`, once the steps that started with them are done."""
-        seen = _signature(path.parent)
-        while True:
-            await asyncio.sleep(interval_s)
-            current = _signature(path.parent)
-            if current == seen:
-                continue
-            seen = current
-            try:
-                rails = load_rail_set(path, tracer, self.resolve)
-            except RailsConfigError as exc:
-                log.error("rails_reload_failed", path=str(path), errors=exc.errors, kept=self.rails.version)
-                continue
-            if rails.version == self.rails.version:
-                continue
-            retired, self.rails = self.rails, rails
-            log.info("rails_reloaded", path=str(path), version=rails.version)
-            task = asyncio.create_task(_close_later(retired, grace_s))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+    def reload(self, path: Path, tracer: Tracer | None, grace_s: float = 60.0) -> None:
+        """A rails file (or NeMo config) that loads replaces the rails; one that does not is logged with
+        every error and the last good rails keep serving. Replaced rails are closed after `grace_s`,
+        once the steps that started with them are done."""
+        try:
+            rails = load_rail_set(path, tracer, self.resolve)
+        except RailsConfigError as exc:
+            log.error("rails_reload_failed", path=str(path), errors=exc.errors, kept=self.rails.version)
+            return
+        if rails.version == self.rails.version:
+            return
+        retired, self.rails = self.rails, rails
+        log.info("rails_reloaded", path=str(path), version=rails.version)
+        task = asyncio.create_task(_close_later(retired, grace_s))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def aclose(self) -> None:
         for task in list(self._retired):
@@ -251,16 +244,3 @@ async def _close_later(rails: RailSet, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
     finally:
         await rails.pipeline.aclose()
-
-
-def _signature(folder: Path) -> list[tuple[str, int, int]]:
-    """What changed under the policies folder: every file's path, mtime and size."""
-    found = []
-    for file in sorted(folder.rglob("*")):
-        try:
-            stat = file.stat()
-        except OSError:
-            continue
-        if file.is_file():
-            found.append((str(file), stat.st_mtime_ns, stat.st_size))
-    return found

@@ -35,7 +35,7 @@ class ToolCallRecord(msgspec.Struct, omit_defaults=True):
     name: str
     arguments: str
     step: int
-    decision: str = "allowed"
+    decision: str = "allow"  # allow | deny | require_approval (withheld calls are recorded too)
     answered: bool = False
 
 
@@ -51,6 +51,8 @@ class Step(msgspec.Struct):
     usage: dict[str, int] = {}
     flags: list[str] = []
     rails: list[Decision] = []  # every rail decision of the step, with its reason
+    tool_calls: list[Any] = []  # every tool-policy decision of the step (ToolDecision)
+    labels: list[str] = []  # labels this step added to the session
 
 
 class SessionState(msgspec.Struct):
@@ -123,6 +125,8 @@ class PendingStep:
         self.is_new = is_new
         self.received: list[dict[str, Any]] = []
         self.answered: list[str] = []
+        self.tool_results: list[str] = []  # ids of calls Sentrail emitted whose results arrived now
+        self.new_labels: set[str] = set()
         self.flags: list[str] = []
 
     def observe(self, request: ChatCompletionRequest) -> None:
@@ -133,8 +137,10 @@ class PendingStep:
                 known = call is not None
                 if not known:
                     self.flags.append(f"unknown_tool_call_id:{message.tool_call_id}")
-                elif not call.answered:
-                    self.answered.append(message.tool_call_id)
+                else:
+                    self.tool_results.append(message.tool_call_id)
+                    if not call.answered:
+                        self.answered.append(message.tool_call_id)
                 item = {"role": "tool", "tool_call_id": message.tool_call_id, "known": known}
                 self.received.append({**item, "content": _text(message.content)})
             else:
@@ -203,6 +209,8 @@ class SessionStore:
                 updates[call_id] = _encoder.encode(answered)
             if updates:
                 pipe.hset(calls_key, mapping=updates)
+            if pending.new_labels:
+                pipe.sadd(labels_key, *sorted(pending.new_labels))
             for key in (meta_key, steps_key, calls_key, labels_key):
                 pipe.expire(key, self.ttl_s)
             pipe.zadd(_index(state.tenant), {state.session_id: now})

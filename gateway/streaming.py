@@ -1,12 +1,12 @@
 """SSE framing and delta accumulation.
 
 Engines always stream; `Accumulator` folds the chunks into one `ChatCompletion` for clients that did
-not ask for a stream (and, later, holds tool-call deltas until a policy has judged each call).
+not ask for a stream, and holds tool-call deltas until the tool policy has judged each call.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 
 import msgspec
 
@@ -17,6 +17,7 @@ from .protocol import (
     FunctionCall,
     ResponseMessage,
     ToolCall,
+    ToolCallDelta,
     Usage,
 )
 
@@ -60,15 +61,18 @@ class Accumulator:
                 self.content.append(delta.content)
             if delta.refusal:
                 self.refusal.append(delta.refusal)
-            for call_delta in delta.tool_calls or ():
-                call = self.calls.setdefault(call_delta.index, _PendingCall())
-                call.id = call_delta.id or call.id
-                if call_delta.function is not None:
-                    call.name = call_delta.function.name or call.name
-                    if call_delta.function.arguments:
-                        call.arguments.append(call_delta.function.arguments)
+            self.add_tool_calls(delta.tool_calls or ())
             if choice.finish_reason is not None:
                 self.finish_reason = choice.finish_reason
+
+    def add_tool_calls(self, deltas: Iterable[ToolCallDelta]) -> None:
+        for call_delta in deltas:
+            call = self.calls.setdefault(call_delta.index, _PendingCall())
+            call.id = call_delta.id or call.id
+            if call_delta.function is not None:
+                call.name = call_delta.function.name or call.name
+                if call_delta.function.arguments:
+                    call.arguments.append(call_delta.function.arguments)
 
     def tool_calls(self) -> list[ToolCall]:
         return [

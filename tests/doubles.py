@@ -37,6 +37,20 @@ def tool_call_chunks(name: str, argument_pieces: Sequence[str], call_id: str = "
     return chunks
 
 
+def calls_chunks(*calls: tuple[str, str, str], text: str = "") -> list[ChatCompletionChunk]:
+    """Several calls (name, arguments, id), each streamed in two pieces, after optional text."""
+    chunks = [_chunk(Delta(role="assistant", content=text or None))]
+    for index, (name, arguments, call_id) in enumerate(calls):
+        head = ToolCallDelta(index=index, id=call_id, type="function", function=FunctionCallDelta(name=name))
+        chunks.append(_chunk(Delta(tool_calls=[head])))
+        half = len(arguments) // 2
+        for piece in (arguments[:half], arguments[half:]):
+            part = ToolCallDelta(index=index, function=FunctionCallDelta(arguments=piece))
+            chunks.append(_chunk(Delta(tool_calls=[part])))
+    chunks.append(_chunk(Delta(), "tool_calls"))
+    return chunks
+
+
 def _chunk(delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
     return ChatCompletionChunk(
         id="chatcmpl-test", model="upstream", choices=[ChunkChoice(delta=delta, finish_reason=finish)]

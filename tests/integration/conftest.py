@@ -1,4 +1,6 @@
 import io
+import shutil
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -27,14 +29,28 @@ def logs():
     return stream
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def permissive_policies(tmp_path_factory):
+    """The shipped rails with a tool policy that allows every call: for tests of the API's mechanics.
+    Tests of the tool policy itself use the shipped policies/tools.yaml."""
+    folder = tmp_path_factory.mktemp("policies")
+    shutil.copy(ROOT / "policies" / "rails.yaml", folder / "rails.yaml")
+    (folder / "tools.yaml").write_text("version: 1\ndefault: allow\n")
+    return folder
+
+
 @pytest.fixture
-def make_client(spans, logs, redis_server):
+def make_client(spans, logs, redis_server, permissive_policies):
     """Build the real app around scripted engines and a real Redis: make_client(engine, limit=..., **settings).
     Development mode (no keys) unless `dev_mode=False` is passed."""
     redis_server.flush()
 
     def make(*engines: ScriptedEngine, limit: int = 8, **overrides):
-        overrides = {"redis_url": redis_server.url, "dev_mode": True, "key_cache_s": 0, **overrides}
+        overrides = {"redis_url": redis_server.url, "dev_mode": True, "key_cache_s": 0,
+                     "policies_dir": str(permissive_policies), **overrides}  # fmt: skip
         settings = load_settings(environ={}, **overrides)
         app = create_app(
             settings,

@@ -1,0 +1,186 @@
+"""Tool-call policies on one step: labels from what arrived, and a decision on every proposed call.
+
+Tool-call deltas are held (text keeps streaming) until the engine finishes; then every call is judged.
+Allowed calls are released whole; a denied call is removed and the assistant text says which call was
+blocked and why, so the model can adapt; a call that needs approval is withheld the same way with its
+ticket. With no call left, `finish_reason` is `content_filter`. Decisions go into the extension field
+`sentrail.tool_calls` (the last chunk of a stream, the body of a plain response) and the session.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from rails.config import RailsConfigError
+from rails.pipeline import Decision
+from rails.tools.config import ToolPolicy, load_tool_policy
+from rails.tools.decide import Decider, PastCall, SessionView, ToolDecision, canonical
+
+from .protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    Delta,
+    FunctionCallDelta,
+    ToolCallDelta,
+)
+from .sessions import PendingStep
+from .streaming import Accumulator
+
+log = structlog.get_logger("sentrail.tools")
+
+
+class DecidedChunk(ChatCompletionChunk):
+    """The last chunk of a stream whose tool calls were judged: carries the decisions."""
+
+    sentrail: dict[str, Any] | None = None
+
+
+class ToolGuard:
+    """The tool policy in force; replaced whole on reload (a step keeps the one it started with)."""
+
+    def __init__(self, policy: ToolPolicy, path: Path) -> None:
+        self.policy = policy
+        self.path = path
+
+    def reload(self) -> None:
+        try:
+            policy = load_tool_policy(self.path)
+        except RailsConfigError as exc:
+            log.error("tool_policy_reload_failed", path=str(self.path), errors=exc.errors, kept=self.policy.version)
+            return
+        if policy.version != self.policy.version:
+            self.policy = policy
+            log.info("tool_policy_reloaded", path=str(self.path), version=policy.version)
+
+    def label(self, pending: PendingStep, rail_decisions: list[Decision]) -> None:
+        """Labels from this step's tool results (by the tool that produced them) and from rails that
+        acted on them; stored with the step and never removed."""
+        policy = self.policy
+        for call_id in pending.tool_results:
+            call = pending.state.calls.get(call_id)
+            if call is not None:
+                pending.new_labels |= policy.labels_for_tool(call.name)
+        for decision in rail_decisions:
+            if decision.stage == "tool_result" and not decision.shadow:
+                label = policy.label_for_rail(decision.rail)
+                if label:
+                    pending.new_labels.add(label)
+
+    def judge(self, request: ChatCompletionRequest, pending: PendingStep, tenant: str) -> Judge:
+        return Judge(self.policy, request, pending, tenant)
+
+
+class Judge:
+    """Decides the calls of one step; the session view is built on the first call only."""
+
+    def __init__(self, policy: ToolPolicy, request: ChatCompletionRequest, pending: PendingStep, tenant: str) -> None:
+        schemas = None
+        if request.tools is not None:
+            schemas = {tool.function.name: tool.function.parameters for tool in request.tools}
+        self.decider = Decider(policy, schemas)
+        self.request, self.pending, self.tenant = request, pending, tenant
+        self.decisions: list[ToolDecision] = []
+        self.arguments: dict[str, str] = {}  # call id -> the arguments proposed
+        self._view: SessionView | None = None
+
+    def view(self) -> SessionView:
+        if self._view is None:
+            state = self.pending.state
+            past = sorted(state.calls.values(), key=lambda c: c.step)
+            self._view = SessionView.build(
+                state.session_id,
+                (PastCall(c.name, _canonical(c.arguments), c.decision) for c in past),
+                tenant=self.tenant,
+                model=self.request.model,
+                labels=set(state.labels) | self.pending.new_labels,
+                steps=state.steps,
+            )
+        return self._view
+
+    def decide(self, call_id: str, name: str, arguments: str) -> ToolDecision:
+        view = self.view()
+        decision = self.decider.decide(call_id, name, arguments, view)
+        view.add(PastCall(name, _canonical(arguments), decision.action))  # later calls of the step count it
+        self.decisions.append(decision)
+        self.arguments[call_id] = arguments
+        log.info("tool_call_decided", tool=name, call_id=call_id, action=decision.action, rule=decision.rule,
+                 reason=decision.reason, policy_version=decision.policy_version)  # fmt: skip
+        return decision
+
+    def extension(self) -> dict[str, Any]:
+        return {"tool_calls": [_builtins(d) for d in self.decisions], "policy_version": self.decider.policy.version}
+
+
+def note(decisions: list[ToolDecision]) -> str:
+    """What the model (via the agent) is told about calls it proposed that were not released."""
+    lines = []
+    for d in decisions:
+        what = f"[sentrail] Tool call {d.tool} ({d.call_id})"
+        if d.action == "deny":
+            lines.append(f"{what} was blocked by policy: {d.reason}.")
+        elif d.action == "require_approval":
+            lines.append(f"{what} awaits approval (ticket {d.ticket}): {d.reason}.")
+    return "\n".join(lines)
+
+
+async def judge_tool_calls(
+    chunks: AsyncIterator[ChatCompletionChunk], judge: Judge
+) -> AsyncGenerator[ChatCompletionChunk, None]:
+    """Hold tool-call deltas until the engine finishes, then release only the allowed calls."""
+    held = Accumulator()
+    wrote_text = False
+    async for chunk in chunks:
+        choice = chunk.choices[0] if chunk.choices else None
+        if choice is None:
+            yield chunk
+            continue
+        delta = choice.delta
+        if delta.tool_calls:
+            held.add_tool_calls(delta.tool_calls)
+            delta.tool_calls = None
+            if not (delta.role or delta.content or delta.refusal) and choice.finish_reason is None:
+                continue
+        wrote_text = wrote_text or bool(delta.content)
+        if choice.finish_reason is None or not held.calls:
+            yield chunk
+            continue
+        finish = choice.finish_reason
+        choice.finish_reason = None
+        if delta.role or delta.content or delta.refusal:
+            yield chunk
+        calls = held.tool_calls()
+        decisions = [judge.decide(c.id, c.function.name, c.function.arguments) for c in calls]
+        released = [c for c, d in zip(calls, decisions, strict=True) if d.action == "allow"]
+        told = note(decisions)
+        if told:
+            yield _like(chunk, Delta(content=("\n" if wrote_text else "") + told))
+        if released:
+            parts = [ToolCallDelta(i, c.id, "function", FunctionCallDelta(c.function.name, c.function.arguments))
+                     for i, c in enumerate(released)]  # fmt: skip
+            yield _like(chunk, Delta(tool_calls=parts))
+        final = finish if not decisions else ("tool_calls" if released else "content_filter")
+        yield DecidedChunk(chunk.id, chunk.model, [ChunkChoice(Delta(), final)], chunk.created,
+                           sentrail=judge.extension())  # fmt: skip
+        held = Accumulator()
+
+
+def _like(chunk: ChatCompletionChunk, delta: Delta) -> ChatCompletionChunk:
+    return ChatCompletionChunk(chunk.id, chunk.model, [ChunkChoice(delta, None)], chunk.created)
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return canonical(json.loads(arguments or "{}"))
+    except json.JSONDecodeError:
+        return arguments
+
+
+def _builtins(decision: ToolDecision) -> dict[str, Any]:
+    return msgspec.to_builtins(decision)

@@ -1,0 +1,191 @@
+"""Tool-call policy files (`policies/tools.yaml`): rules per tool with CEL conditions, labels, limits.
+
+Loading compiles every CEL expression once and checks the names it uses, and reports every error at
+once with file:line (and, for CEL, the line and column inside the expression); nothing half-valid is
+ever returned. The version is a SHA-256 over the file's bytes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import cel
+import msgspec
+import yaml
+
+from ..config import RailsConfigError, _line, _path_of
+
+Action = Literal["allow", "deny", "require_approval"]
+ROOTS = frozenset({"call", "session", "request"})
+FUNCTIONS = frozenset({
+    "size", "matches", "startsWith", "endsWith", "contains", "int", "uint", "double", "string", "bool", "bytes",
+    "type", "dyn", "duration", "timestamp", "has", "email_domain", "path_under", "lower",
+})  # fmt: skip
+_BINDER = re.compile(r"\.\s*(?:exists|all|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
+_CEL_POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
+
+
+class Rule(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    tools: list[str]  # names or globs (`send_*`, `*`)
+    action: Action
+    when: str | None = None  # a CEL expression over call, session, request; absent: always
+    reason: str = ""
+    shadow: bool = False  # evaluated and recorded, never enforced
+
+
+class Labels(msgspec.Struct, forbid_unknown_fields=True):
+    tools: dict[str, list[str]] = {}  # tool name or glob -> labels its results add to the session
+    rails: dict[str, str] = {}  # rail name or glob -> the label a rail decision on a tool result adds
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True):
+    max_calls_per_session: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: no limit
+    max_calls_per_tool: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
+    max_identical_calls: Annotated[int, msgspec.Meta(ge=0)] = 0  # same tool, same arguments
+
+
+class PolicyFile(msgspec.Struct, forbid_unknown_fields=True):
+    version: Literal[1] = 1
+    default: Action = "deny"
+    history: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50  # recent calls visible as session.calls
+    labels: Labels = msgspec.field(default_factory=Labels)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    rules: list[Rule] = []
+
+
+class CompiledRule(msgspec.Struct, frozen=True):
+    rule: Rule
+    program: Any  # cel.Program | None
+    reads_calls: bool  # the expression looks at session.calls (the history is built only then)
+
+
+class ToolPolicy(msgspec.Struct, frozen=True):
+    """A loaded policy set: rules indexed by exact tool name, plus the glob rules, in file order."""
+
+    file: PolicyFile
+    version: str
+    exact: dict[str, list[tuple[int, CompiledRule]]]
+    globs: list[tuple[int, CompiledRule]]
+
+    def rules_for(self, tool: str) -> list[CompiledRule]:
+        found = self.exact.get(tool, []) + [(i, r) for i, r in self.globs if _glob_match(r.rule.tools, tool)]
+        return [rule for _, rule in sorted(found, key=lambda item: item[0])]
+
+    def labels_for_tool(self, tool: str) -> set[str]:
+        return {label for pattern, labels in self.file.labels.tools.items() if fnmatch.fnmatchcase(tool, pattern)
+                for label in labels}  # fmt: skip
+
+    def label_for_rail(self, rail: str) -> str | None:
+        return next((lb for pattern, lb in self.file.labels.rails.items() if fnmatch.fnmatchcase(rail, pattern)), None)
+
+
+def _glob_match(patterns: list[str], tool: str) -> bool:
+    return any(fnmatch.fnmatchcase(tool, p) for p in patterns if _is_glob(p))
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def load_tool_policy(path: Path) -> ToolPolicy:
+    """Parse, validate, compile; raise `RailsConfigError` listing every problem with file:line."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RailsConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise RailsConfigError([f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    errors: list[str] = []
+    rules = raw.get("rules") if isinstance(raw, dict) else None
+    compiled: list[CompiledRule | None] = []
+    for index, entry in enumerate(rules if isinstance(rules, list) else []):
+        where = ["rules", index]
+        try:
+            rule = msgspec.convert(entry, Rule)
+        except msgspec.ValidationError as exc:
+            sub = _path_of(exc)
+            errors.append(f"{path}:{_line(node, where + sub)}: rules[{index}]: {exc}")
+            compiled.append(None)
+            continue
+        program, problem = _compile(rule.when) if rule.when is not None else (None, None)
+        if problem is not None:
+            when_node = _node(node, [*where, "when"])
+            line, message = _cel_line(when_node, problem)
+            errors.append(f"{path}:{line}: rules[{index}].when ({rule.name}): {message}")
+        compiled.append(CompiledRule(rule, program, "session.calls" in (rule.when or "")))
+    seen: set[str] = set()
+    for index, entry in enumerate(compiled):
+        if entry is not None and entry.rule.name in seen:
+            where = f"{path}:{_line(node, ['rules', index])}: rules[{index}]"
+            errors.append(f"{where}: duplicate rule name {entry.rule.name!r}")
+        elif entry is not None:
+            seen.add(entry.rule.name)
+    file = None
+    try:
+        file = msgspec.convert(raw if raw is not None else {}, PolicyFile)
+    except msgspec.ValidationError as exc:
+        if not str(exc).endswith("$.rules") and "`$.rules[" not in str(exc):  # rule errors are reported above
+            errors.append(f"{path}:{_line(node, _path_of(exc))}: {exc}")
+    if errors or file is None:
+        raise RailsConfigError(errors or [f"{path}: invalid policy file"])
+    exact: dict[str, list[tuple[int, CompiledRule]]] = {}
+    globs: list[tuple[int, CompiledRule]] = []
+    for order, rule in enumerate(c for c in compiled if c is not None):
+        for tool in rule.rule.tools:
+            if _is_glob(tool):
+                if (order, rule) not in globs:
+                    globs.append((order, rule))
+            else:
+                exact.setdefault(tool, []).append((order, rule))
+    version = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return ToolPolicy(file, version, exact, globs)
+
+
+def _compile(expression: str) -> tuple[Any, str | None]:
+    try:
+        program = cel.compile(expression)
+    except ValueError as exc:
+        return None, str(exc)
+    references = program.references()
+    binders = set(_BINDER.findall(expression))
+    unknown_vars = sorted(set(references["variables"]) - ROOTS - binders)
+    unknown_fns = sorted(f for f in references["functions"] if f[0] not in "_@!" and f not in FUNCTIONS)
+    if unknown_vars:
+        return None, f"unknown variable {', '.join(unknown_vars)} (use call, session, request)"
+    if unknown_fns:
+        return None, f"unknown function {', '.join(unknown_fns)}"
+    return program, None
+
+
+def _node(node: Any, path: list[str | int]) -> Any:
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            return None
+    return node
+
+
+def _cel_line(when: Any, problem: str) -> tuple[int, str]:
+    """The file line of a CEL problem, and the message with the column inside the expression."""
+    base = when.start_mark.line + 1 if when is not None else 1
+    block = when is not None and when.style in ("|", ">")
+    found = _CEL_POSITION.search(problem)
+    if found is None:
+        return base, problem
+    line, column, message = int(found.group(1)), int(found.group(2)), found.group(3)
+    if block:
+        return base + line, f"CEL error at column {column}: {message}"
+    return base + line - 1, f"CEL error at column {column} of the expression: {message}"

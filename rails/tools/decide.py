@@ -1,0 +1,201 @@
+"""Deciding one proposed tool call against a policy set and what the session has done so far.
+
+Order, first failure wins: the tool must be declared in the request; its arguments must be JSON and
+match the tool's declared schema; the session's limits must hold; then the rules for the tool (exact
+names and globs) are evaluated and the strictest enforced match decides: deny > require_approval >
+allow; with no match, the file's `default`. Shadow rules are evaluated and recorded, never enforced.
+A rule that cannot be evaluated counts as a deny (fail closed). The CEL context is built once per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cel
+import jsonschema
+import msgspec
+
+from .config import ToolPolicy
+
+STRENGTH = {"allow": 0, "require_approval": 1, "deny": 2}
+
+
+class ToolDecision(msgspec.Struct, omit_defaults=True):
+    """One proposed call's decision, as returned to clients and recorded in the session."""
+
+    call_id: str
+    tool: str
+    action: str  # allow | deny | require_approval
+    reason: str
+    rule: str = ""  # the deciding rule; "" for checks before the rules and for the default
+    policy_version: str = ""
+    shadow: list[dict[str, str]] = []  # shadow rules that matched: {rule, action, reason}
+    ticket: str | None = None  # for require_approval
+
+
+@dataclass
+class PastCall:
+    name: str
+    arguments: str  # canonical JSON
+    decision: str
+
+
+@dataclass
+class SessionView:
+    """What the rules may know of a session: its labels, step count and calls (allowed ones counted)."""
+
+    session_id: str
+    tenant: str = ""
+    model: str = ""
+    labels: set[str] = field(default_factory=set)
+    steps: int = 0
+    calls: list[PastCall] = field(default_factory=list)
+    tool_counts: Counter[str] = field(default_factory=Counter)
+    identical: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @classmethod
+    def build(cls, session_id: str, calls: Iterable[PastCall], **facts: Any) -> SessionView:
+        view = cls(session_id, **facts)
+        for call in calls:
+            view.add(call)
+        return view
+
+    def add(self, call: PastCall) -> None:
+        self.calls.append(call)
+        if call.decision == "allow":
+            self.tool_counts[call.name] += 1
+            self.identical[(call.name, call.arguments)] += 1
+
+
+def canonical(arguments: Any) -> str:
+    return json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def arguments_sha256(arguments: Any) -> str:
+    return hashlib.sha256(canonical(arguments).encode()).hexdigest()
+
+
+def path_under(path: str, root: str) -> bool:
+    """True when `path`, normalized (`..` resolved), is `root` or inside it."""
+    normal, base = posixpath.normpath(path), posixpath.normpath(root)
+    if not normal.startswith("/") and base.startswith("/"):
+        normal = posixpath.normpath(posixpath.join(base, normal))
+    return normal == base or normal.startswith(base.rstrip("/") + "/")
+
+
+def email_domain(address: str) -> str:
+    return address.rsplit("@", 1)[-1].strip().lower().rstrip(">")
+
+
+class Decider:
+    """Decides calls for one policy set; `schemas` are the request's declared tools (name -> JSON schema)."""
+
+    def __init__(self, policy: ToolPolicy, schemas: dict[str, dict[str, Any] | None] | None) -> None:
+        self.policy = policy
+        self.schemas = schemas
+
+    def decide(self, call_id: str, tool: str, arguments: str, view: SessionView) -> ToolDecision:
+        decision = self._decide(call_id, tool, arguments, view)
+        decision.policy_version = self.policy.version
+        return decision
+
+    def _decide(self, call_id: str, tool: str, arguments: str, view: SessionView) -> ToolDecision:
+        def deny(reason: str, rule: str = "") -> ToolDecision:
+            return ToolDecision(call_id, tool, "deny", reason, rule)
+
+        if self.schemas is not None and tool not in self.schemas:
+            return deny(f"tool {tool!r} is not declared in the request's tools")
+        try:
+            args = json.loads(arguments or "{}")
+        except json.JSONDecodeError as exc:
+            return deny(f"arguments are not valid JSON: {exc.msg} at position {exc.pos}")
+        schema = (self.schemas or {}).get(tool)
+        if schema:
+            problem = _schema_problem(schema, args)
+            if problem:
+                return deny(f"arguments do not match the tool's schema: {problem}")
+        limits = self.policy.file.limits
+        if limits.max_calls_per_session and sum(view.tool_counts.values()) >= limits.max_calls_per_session:
+            return deny(f"limit: max_calls_per_session={limits.max_calls_per_session} reached", "limits")
+        per_tool = limits.max_calls_per_tool.get(tool)
+        if per_tool and view.tool_counts[tool] >= per_tool:
+            return deny(f"limit: max_calls_per_tool[{tool}]={per_tool} reached", "limits")
+        if limits.max_identical_calls and view.identical[(tool, canonical(args))] >= limits.max_identical_calls:
+            return deny(f"limit: the same call was made {limits.max_identical_calls} times (loop?)", "limits")
+
+        rules = self.policy.rules_for(tool)
+        context = None
+        winner: ToolDecision | None = None
+        shadow: list[dict[str, str]] = []
+        for compiled in rules:
+            rule = compiled.rule
+            matched, action, reason = True, rule.action, rule.reason or f"rule {rule.name}"
+            if compiled.program is not None:
+                if context is None:
+                    context = _context(call_id, tool, args, view, self.policy, any(r.reads_calls for r in rules))
+                try:
+                    matched = compiled.program.execute(context) is True
+                except Exception as exc:
+                    matched, action = True, "deny"
+                    reason = f"rule {rule.name} could not be evaluated: {type(exc).__name__}: {exc}"
+            if not matched:
+                continue
+            if rule.shadow:
+                shadow.append({"rule": rule.name, "action": action, "reason": reason})
+            elif winner is None or STRENGTH[action] > STRENGTH[winner.action]:
+                winner = ToolDecision(call_id, tool, action, reason, rule.name)
+        if winner is None:
+            default = self.policy.file.default
+            winner = ToolDecision(call_id, tool, default, f"no rule matched; default {default}")
+        winner.shadow = shadow
+        return winner
+
+
+def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: ToolPolicy, with_calls: bool) -> Any:
+    session: dict[str, Any] = {
+        "id": view.session_id,
+        "labels": sorted(view.labels),
+        "steps": view.steps,
+        "call_count": sum(view.tool_counts.values()),
+        "tool_counts": dict(view.tool_counts),
+    }
+    if with_calls:
+        recent = view.calls[-policy.file.history :] if policy.file.history else []
+        session["calls"] = [{"name": c.name, "args": json.loads(c.arguments), "decision": c.decision} for c in recent]
+    context = cel.Context({
+        "call": {"id": call_id, "name": tool, "args": args if isinstance(args, dict) else {"value": args}},
+        "session": session,
+        "request": {"tenant": view.tenant, "model": view.model},
+    })  # fmt: skip
+    context.add_function("email_domain", email_domain)
+    context.add_function("path_under", path_under)
+    context.add_function("lower", str.lower)
+    return context
+
+
+_validators: dict[str, jsonschema.protocols.Validator] = {}
+
+
+def _schema_problem(schema: dict[str, Any], args: Any) -> str | None:
+    key = canonical(schema)
+    validator = _validators.get(key)
+    if validator is None:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        try:
+            cls.check_schema(schema)
+        except jsonschema.SchemaError:
+            return None  # the engine already accepted the request; an unusable schema checks nothing
+        validator = _validators.setdefault(key, cls(schema))
+        if len(_validators) > 1024:
+            _validators.clear()
+    error = jsonschema.exceptions.best_match(validator.iter_errors(args))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{error.message}" + (f" at {where}" if where else "")
