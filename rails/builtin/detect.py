@@ -7,6 +7,8 @@ with `[NAME]`, right to left so offsets stay valid.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import ipaddress
 import math
@@ -113,9 +115,39 @@ def _high_entropy(text: str) -> list[Span]:
     for match in re.finditer(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{24,}={0,2}", text):
         token = match.group()
         classes = sum(bool(re.search(p, token)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
-        if classes == 3 and entropy(token) > 4.2:
+        if classes == 3 and entropy(token) > 4.2 and not _encodes_data(token):
             spans.append(match.span())
     return spans
+
+
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"%PDF", b"PK\x03\x04", b"\x1f\x8b", b"RIFF", b"<svg", b"<?xml")
+
+
+def _encodes_data(token: str) -> bool:
+    """Base64 of prose, of JSON / XML, or of a known file format is content, not a credential (base64 of
+    a bare word like `user:password` still counts as one)."""
+    try:
+        altchars = b"-_" if "-" in token or "_" in token else None
+        raw = base64.b64decode(token.rstrip("=") + "=" * (-len(token.rstrip("=")) % 4), altchars=altchars)
+    except (binascii.Error, ValueError):
+        return False
+    if raw.startswith(_MAGIC):
+        return True
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    readable = sum(c.isprintable() or c.isspace() for c in text) >= 0.95 * len(text)
+    return readable and (any(c.isspace() for c in text) or text.lstrip()[:1] in ("{", "[", "<"))
+
+
+def _user_colon_pass(match: str) -> bool:
+    """HTTP Basic credentials: base64 of `user:password`."""
+    token = match.split()[-1]
+    try:
+        return b":" in base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
 
 
 SECRETS: dict[str, Finder] = {
@@ -126,6 +158,9 @@ SECRETS: dict[str, Finder] = {
     "SLACK_TOKEN": _Regex(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}\b", needs=("xox",)),
     "OPENAI_KEY": _Regex(r"\bsk-(?:proj-)?[A-Za-z0-9_\-]{20,}\b", needs=("sk-",)),
     "JWT": _Regex(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}", needs=("eyJ",)),
+    "BASIC_AUTH": _Regex(
+        r"\b[Bb]asic\s+[A-Za-z0-9+/]{8,}={0,2}(?![A-Za-z0-9+/=])", valid=_user_colon_pass, needs=("asic",)
+    ),
     "BEARER_TOKEN": _Regex(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{20,}=*", needs=("earer", "EARER")),
     "HIGH_ENTROPY": _high_entropy,
 }

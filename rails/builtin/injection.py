@@ -34,33 +34,104 @@ class Signal(NamedTuple):
         return self.pattern.search(text) is not None
 
 
+_VERB_IGNORE = r"\b(ignore|disregard|forget)\b"
 SIGNALS: list[Signal] = [
-    Signal("instruction_override", 0.6, re.compile(  # within one clause: "ignore all previous instructions"
-        r"\b(ignore|disregard|forget|override|bypass)\b[^.;:!?\n]{0,40}?\b(previous|prior|above|earlier|all|any|your"
-        r"|system)\b(\s+\w+)?\s+(instructions?|rules|prompts?|directions|guidelines|messages?)\b", _I),
+    # -- instruction hijacking ------------------------------------------------------------------------
+    Signal("instruction_override", 0.6, re.compile(  # "ignore any previous and following instructions"
+        _VERB_IGNORE + r"[^.;:!?\n]{0,40}?\b(instructions?|prompts?|directions|directives|guardrails|programming"
+        r"|your (guidelines|rules)|everything (you|i) (know|learned|were told|have been told))\b", _I),
+        ("ignore", "disregard", "forget")),
+    Signal("ignore_and_print", 0.6, re.compile(  # "ignore the rest of this data and print ..."
+        r"\b(ignore|disregard|forget|override|skip)\b[^.;:!?\n]{0,40}?\b(data|content|text|document|context|input"
+        r"|information|above|below|indicators|scoring|evaluation)\b[^\n]{0,60}?\b(print|say|output|reply|respond"
+        r"|write|return|answer|report)\b", _I),
+        ("ignore", "disregard", "forget", "override", "skip")),
+    Signal("override_soft", 0.3, re.compile(  # "ignore my previous message", "override the rules": weak alone
+        r"\b(ignore|disregard|forget|override|bypass)\b[^.;:!?\n]{0,30}?\b(previous|prior|above|earlier|preceding"
+        r"|all|your|system)\b[^.;:!?\n]{0,20}?\b(rules|messages?|context|constraints|restrictions|policies"
+        r"|guidelines)\b", _I),
         ("ignore", "disregard", "forget", "override", "bypass")),
+    Signal("stop_everything", 0.4, re.compile(r"\bstop everything\b|\bnew (instructions|task|rules)\s*:", _I),
+        ("stop everything", "instructions", "task", "rules")),
+    Signal("only_output", 0.4, re.compile(
+        r"\b(just|only|simply) (print|say|output|write|respond|reply|answer|report|tell)\b|\breply with only\b"
+        r"|\babsolutely nothing else\b|\bprint (exactly|only)\b|\breport only\b", _I),
+        ("print", "say", "output", "write", "respond", "reply", "nothing else", "report")),
     Signal("new_instructions", 0.4, re.compile(
-        r"\b(new|updated|real|actual) (instructions|task|rules)\s*:|\bfrom now on,? you\b|\byou are now\b", _I),
-        ("instructions", "task", "rules", "from now on", "you are now")),
-    Signal("jailbreak_persona", 0.5, re.compile(
-        r"\b(DAN|do anything now|developer mode|jailbreak|jailbroken|unfiltered|no (restrictions|limits|filters)"
-        r"|without (any )?(restrictions|filters|limitations|censorship)|evil (confidant|assistant))\b", _I),
-        ("dan", "do anything now", "developer mode", "jailbr", "unfiltered", "restrictions", "limits", "filters",
-         "limitations", "censorship", "evil")),
+        r"\bfrom now on,? (you|your)\b|\byou are now\b|\byour new (task|instructions|goal|role|objective) (is|are)\b"
+        r"|\bif (the )?user (asks|requests|wants|says)\b|\bif (you are |you're )?(asked|questioned)\b"
+        r"|\bfollow (these|this|the following|my|the) instructions?\b", _I),
+        ("from now on", "you are now", "your new", "user", "asked", "questioned", "follow")),
+    Signal("urgency", 0.2, re.compile(r"\b(this|it) is (really |extremely |very )?(important|critical|urgent)\b"
+                                      r"|(?-i:\b(CRITICAL|IMPORTANT|URGENT)\s*[:!])", _I),
+           ("important", "critical", "urgent")),
+    Signal("fake_transcript", 0.5, re.compile(  # a chat turn forged inside data: "Assistant: ... User: ..."
+        r"(?:^|\s)(assistant|ai)\s*:\s*.{0,200}?\s(user|human)\s*:", _I),
+        ("assistant", "ai")),
+    Signal("addressed_to_ai", 0.5, re.compile(  # data that speaks to the model reading it
+        r"\b(note|message|instructions?|reminder) (to|for) (the |any )?(automated|ai|llm|language model|assistant"
+        r"|chatbot|gpt|model|bot|analysis software|screening software)\b"
+        r"|\bif you are an? (ai|llm|language model|assistant|automated|bot)\b"
+        r"|\b(ai|llm|assistant|language model)s? (reading|processing|summari[sz]ing) this\b", _I),
+        ("note", "message", "instruction", "reminder", "if you are", "reading", "processing", "summari")),
+    # -- jailbreaks -----------------------------------------------------------------------------------
+    Signal("jailbreak_persona", 0.6, re.compile(
+        r"\bdo anything now\b|\b(DAN|developer|god|evil)[ _]mode[ :]*(enabled|activated|output)\b"
+        r"|\b(unfiltered|uncensored|unrestricted|amoral|unethical|jailbroken)\s+(ai|assistant|model|chatbot|bot|llm"
+        r"|version|persona|responses?|answers?)\b|\bevil (confidant|assistant|ai|bot)\b"
+        r"|\b(broken free|freed) (of|from) the (typical )?(confines|restrictions|rules)\b"
+        r"|\b(does not|doesn't|do not|don't|will not|won't) (have to )?(abide|follow|adhere|comply)\b[^.\n]{0,20}?"
+        r"\b(openai|content polic)", _I),
+        ("do anything now", " mode", "unfiltered", "uncensored", "unrestricted", "amoral", "unethical", "jailbroken",
+         "evil", "free", "bound", "restricted", "limited", "abide", "follow", "adhere", "comply")),
+    Signal("persona_name", 0.3, re.compile(  # a persona with a made-up acronym name: "pretend to be STAN"
+        r"\b(?i:pretend to be|act as|you are|you're|become|role of|known as|called)\s+(?-i:DAN|[A-Z]{3,}|\w+GPT)\b"),
+        ("pretend", "act as", "you are", "you're", "become", "role of", "known as", "called")),
+    Signal("jailbreak_words", 0.3, re.compile(
+        r"\b(jailbreak|jailbroken|developer mode|no (restrictions|limits|filters|censorship|morals|ethics)"
+        r"|without (any )?(restrictions|filters|limitations|censorship|morals|ethics)|(not|never) (bound|restricted"
+        r"|limited) by (any )?(rules|policies|guidelines|restrictions|ethics))\b|(?-i:\bDAN\b)", _I),
+        ("jailbr", "developer mode", "restrictions", "limits", "filters", "limitations", "censorship", "morals",
+         "ethics", "dan", "bound", "restricted", "limited")),
     Signal("role_play", 0.3, re.compile(
-        r"\b(pretend (to be|you are)|act as|roleplay as|role-play as|stay in character)\b", _I),
-        ("pretend", "act as", "roleplay", "role-play", "in character")),
+        r"\b(pretend (to be|you are)|act as|roleplay as|role-play as|(stay|staying|break|breaking) (in |out of )?"
+        r"character|immerse yourself)\b", _I),
+        ("pretend", "act as", "roleplay", "role-play", "character", "immerse")),
+    Signal("toxic_request", 0.5, re.compile(
+        r"\b(write|generate|produce|create|give me)\s+(one|a|an|some|\d+)?\s*((toxic|hateful|racist|sexist|offensive"
+        r"|harmful|insulting|demeaning)\s+(sentences?|jokes?|statements?|comments?|texts?|remarks?|tweets?|messages?"
+        r"|paragraphs?)\b|(negative|unfriendly|rude|hostile|derogatory|mean)\s+(sentences?|jokes?|statements?"
+        r"|comments?|remarks?|tweets?)\s+about\b)", _I),
+        ("toxic", "hateful", "racist", "sexist", "offensive", "harmful", "insulting", "demeaning", "about")),
+    Signal("adversarial_suffix", 0.5, re.compile(r"(\[\s+){3,}|(!\s+){4,}|(\[\s(?!\s*\]).{0,60}?){3}"), ("[ ", "! ")),
+    # -- prompt extraction ----------------------------------------------------------------------------
     Signal("prompt_extraction", 0.5, re.compile(
-        r"\b(reveal|print|show|repeat|leak|output|tell me)\b.{0,30}?\b(system prompt|hidden (prompt|instructions)"
-        r"|initial instructions|your instructions)\b", _I),
-        ("system prompt", "hidden prompt", "hidden instructions", "initial instructions", "your instructions")),
+        r"\b(reveal|print|show|repeat|leak|output|tell me|give me|display|dump)\b.{0,30}?"
+        r"\b(system (prompt|message)|hidden prompt|your (instructions|rules|prompt|guidelines))\b"
+        r"|\byour (system (prompt|message|instructions)|initial (prompt|instructions)|original (prompt|instructions)"
+        r"|hidden instructions|pre-?prompt)\b|\binitiali[sz]ation (string|prompt)\b|\bmy instructions (are|were)\b"
+        r"|\bi was instructed to\b|\bthe system prompt (is|was)\s*:|\b(text|instructions|words) you were given\b"
+        r"|\b(what|everything) (were you|you were) told before\b|\b(output|print|repeat|show) (the|all( of)? the) "
+        r"(text|words|content|instructions) above\b"
+        r"|\b(print|log|echo|dump)\s*\(\s*system_?prompt|\b(are|were) you (not|never) (supposed|allowed) to "
+        r"(tell|say|reveal|share|disclose)\b", _I),
+        ("system prompt", "system message", "hidden", "initial", "your instructions", "your rules", "your prompt",
+         "your guidelines", "original", "prompt", "initiali", "supposed", "allowed", "instructions", "instructed",
+         "given", "told", "above", "your system")),
+    # -- smuggling ------------------------------------------------------------------------------------
     Signal("fake_role_marker", 0.4, re.compile(
-        r"<\|im_start\|>|<\|system\|>|\[/?(system|INST)\]|^\s*#{2,}\s*(system|instruction)s?\b"
-        r"|^\s*system\s*:", _I | re.M),
-        ("<|", "[system", "[/system", "[inst", "[/inst", "system", "instruction")),
+        r"^\s*#{2,}\s*(system|instruction)s?\b|^\s*system\s*:|\[/?(system|admin|developer)\b|<(instruction|system"
+        r"|admin)>|(?-i:\b(SYSTEM|ADMIN|DEVELOPER)( MESSAGE| NOTE| REQUEST| OVERRIDE| PROMPT)?\s*::?)"
+        r"|^\s*(assistant|user|human)\s*:", _I | re.M),
+        ("system", "instruction", "admin", "developer", "assistant", "user", "human")),
+    Signal("special_token", 0.5, re.compile(
+        r"<\|(im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id)\|>|\[/?INST\]|<</?SYS>>"
+        r"|<end of (session|conversation|prompt|document)>", _I),
+        ("<|", "[inst", "[/inst", "<<sys", "<</sys", "<end of")),
     Signal("hidden_unicode", 0.5, re.compile(
         "[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\U000e0000-\U000e007f]")),
 ]  # fmt: skip
+ENCODED_BONUS = 0.2  # a payload hidden in base64 / hex / rot13 that reads as an attack is worse than a plain one
 EXFILTRATION = Signal(
     "markdown_exfiltration", 0.7, re.compile(r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?#][^)\s]*=[^)\s]+\)", _I), ("![",)
 )
@@ -118,7 +189,7 @@ def score(text: str, signals: list[Signal]) -> tuple[float, list[str]]:
         lowered = decoded.lower()
         for signal in signals:
             if signal.name not in hits and signal.hit(decoded, lowered):
-                total += signal.weight
+                total += signal.weight + ENCODED_BONUS
                 hits.append(f"{encoding}:{signal.name}")
     return min(total, 1.0), hits
 
