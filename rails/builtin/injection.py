@@ -16,97 +16,146 @@ from typing import NamedTuple
 
 from ..base import Stage, Verdict
 
-_I = re.IGNORECASE | re.DOTALL
 
-
-class Signal(NamedTuple):
-    """A weighted pattern, and lowercase words of which any match contains one (checked first: a
-    substring search over the text costs microseconds where a regex scan costs a millisecond)."""
-
-    name: str
-    weight: float
+class _Variant(NamedTuple):
     pattern: re.Pattern[str]
-    needs: tuple[str, ...] = ()
+    word_start: bool  # the match must start at a word boundary (checked here: a leading \b in the regex
+    # itself would disable the engine's fast literal-prefix search, ~40x slower on long text)
+
+    def search(self, text: str) -> bool:
+        for match in self.pattern.finditer(text):
+            start = match.start()
+            if not self.word_start or start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_"):
+                return True
+        return False
+
+
+def _variants(source: str | None, flags: int = 0) -> tuple[_Variant, ...]:
+    """One variant per top-level alternative of `source`, each searched on its own."""
+    if source is None:
+        return ()
+    pieces, depth, start, index, in_class = [], 0, 0, 0, False
+    while index < len(source):
+        char = source[index]
+        if char == "\\":
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            pieces.append(source[start:index])
+            start = index + 1
+        index += 1
+    pieces.append(source[start:])
+    return tuple(
+        _Variant(re.compile(piece[2:] if piece.startswith("\\b") else piece, flags), piece.startswith("\\b"))
+        for piece in pieces
+    )
+
+
+class Signal:
+    """A weighted set of patterns, and lowercase words of which any match contains one (checked first:
+    a substring search costs microseconds where a regex scan of long text costs a millisecond).
+    `pattern` is lowercase and runs on the lowercased text (no IGNORECASE, so that literal prefixes use
+    the fast search); `cased` runs on the text as written (e.g. `DAN`, `SYSTEM:`)."""
+
+    def __init__(
+        self,
+        name: str,
+        weight: float,
+        pattern: str | None,
+        needs: tuple[str, ...] = (),
+        cased: str | None = None,
+        flags: int = re.DOTALL,
+    ) -> None:
+        self.name, self.weight, self.needs = name, weight, needs
+        self.variants = _variants(pattern, flags)
+        self.cased = _variants(cased, flags)
 
     def hit(self, text: str, lowered: str) -> bool:
         if self.needs and not any(word in lowered for word in self.needs):
             return False
-        return self.pattern.search(text) is not None
+        return any(v.search(lowered) for v in self.variants) or any(v.search(text) for v in self.cased)
 
 
-_VERB_IGNORE = r"\b(ignore|disregard|forget)\b"
+_VERB_IGNORE = r"(?:ignore|disregard|forget)\b"
 SIGNALS: list[Signal] = [
     # -- instruction hijacking ------------------------------------------------------------------------
-    Signal("instruction_override", 0.6, re.compile(  # "ignore any previous and following instructions"
+    Signal("instruction_override", 0.6, (  # "ignore any previous and following instructions"
         _VERB_IGNORE + r"[^.;:!?\n]{0,40}?\b(instructions?|prompts?|directions|directives|guardrails|programming"
-        r"|your (guidelines|rules)|everything (you|i) (know|learned|were told|have been told))\b", _I),
+        r"|your (guidelines|rules)|everything (you|i) (know|learned|were told|have been told))\b"),
         ("ignore", "disregard", "forget")),
-    Signal("ignore_and_print", 0.6, re.compile(  # "ignore the rest of this data and print ..."
-        r"\b(ignore|disregard|forget|override|skip)\b[^.;:!?\n]{0,40}?\b(data|content|text|document|context|input"
+    Signal("ignore_and_print", 0.6, (  # "ignore the rest of this data and print ..."
+        r"(?:ignore|disregard|forget|override|skip)\b[^.;:!?\n]{0,40}?\b(data|content|text|document|context|input"
         r"|information|above|below|indicators|scoring|evaluation)\b[^\n]{0,60}?\b(print|say|output|reply|respond"
-        r"|write|return|answer|report)\b", _I),
+        r"|write|return|answer|report)\b"),
         ("ignore", "disregard", "forget", "override", "skip")),
-    Signal("override_soft", 0.3, re.compile(  # "ignore my previous message", "override the rules": weak alone
-        r"\b(ignore|disregard|forget|override|bypass)\b[^.;:!?\n]{0,30}?\b(previous|prior|above|earlier|preceding"
+    Signal("override_soft", 0.3, (  # "ignore my previous message", "override the rules": weak alone
+        r"(?:ignore|disregard|forget|override|bypass)\b[^.;:!?\n]{0,30}?\b(previous|prior|above|earlier|preceding"
         r"|all|your|system)\b[^.;:!?\n]{0,20}?\b(rules|messages?|context|constraints|restrictions|policies"
-        r"|guidelines)\b", _I),
+        r"|guidelines)\b"),
         ("ignore", "disregard", "forget", "override", "bypass")),
-    Signal("stop_everything", 0.4, re.compile(r"\bstop everything\b|\bnew (instructions|task|rules)\s*:", _I),
+    Signal("stop_everything", 0.4, (r"\bstop everything\b|\bnew (instructions|task|rules)\s*:"),
         ("stop everything", "instructions", "task", "rules")),
-    Signal("only_output", 0.4, re.compile(
-        r"\b(just|only|simply) (print|say|output|write|respond|reply|answer|report|tell)\b|\breply with only\b"
-        r"|\babsolutely nothing else\b|\bprint (exactly|only)\b|\breport only\b", _I),
+    Signal("only_output", 0.4, (
+        r"(?:just|only|simply) (print|say|output|write|respond|reply|answer|report|tell)\b|\breply with only\b"
+        r"|\babsolutely nothing else\b|\bprint (exactly|only)\b|\breport only\b"),
         ("print", "say", "output", "write", "respond", "reply", "nothing else", "report")),
-    Signal("new_instructions", 0.4, re.compile(
+    Signal("new_instructions", 0.4, (
         r"\bfrom now on,? (you|your)\b|\byou are now\b|\byour new (task|instructions|goal|role|objective) (is|are)\b"
         r"|\bif (the )?user (asks|requests|wants|says)\b|\bif (you are |you're )?(asked|questioned)\b"
-        r"|\bfollow (these|this|the following|my|the) instructions?\b", _I),
+        r"|\bfollow (these|this|the following|my|the) instructions?\b"),
         ("from now on", "you are now", "your new", "user", "asked", "questioned", "follow")),
-    Signal("urgency", 0.2, re.compile(r"\b(this|it) is (really |extremely |very )?(important|critical|urgent)\b"
-                                      r"|(?-i:\b(CRITICAL|IMPORTANT|URGENT)\s*[:!])", _I),
-           ("important", "critical", "urgent")),
-    Signal("fake_transcript", 0.5, re.compile(  # a chat turn forged inside data: "Assistant: ... User: ..."
-        r"(?:^|\s)(assistant|ai)\s*:\s*.{0,200}?\s(user|human)\s*:", _I),
+    Signal("urgency", 0.2, (r"\b(this|it) is (really |extremely |very )?(important|critical|urgent)\b"),
+           ("important", "critical", "urgent"), (r"\b(CRITICAL|IMPORTANT|URGENT)\s*[:!]")),
+    Signal("fake_transcript", 0.5, (  # a chat turn forged inside data: "Assistant: ... User: ..."
+        r"(?:^|\s)(assistant|ai)\s*:\s*.{0,200}?\s(user|human)\s*:"),
         ("assistant", "ai")),
-    Signal("addressed_to_ai", 0.5, re.compile(  # data that speaks to the model reading it
-        r"\b(note|message|instructions?|reminder) (to|for) (the |any )?(automated|ai|llm|language model|assistant"
+    Signal("addressed_to_ai", 0.5, (  # data that speaks to the model reading it
+        r"(?:note|message|instructions?|reminder) (to|for) (the |any )?(automated|ai|llm|language model|assistant"
         r"|chatbot|gpt|model|bot|analysis software|screening software)\b"
         r"|\bif you are an? (ai|llm|language model|assistant|automated|bot)\b"
-        r"|\b(ai|llm|assistant|language model)s? (reading|processing|summari[sz]ing) this\b", _I),
+        r"|\b(ai|llm|assistant|language model)s? (reading|processing|summari[sz]ing) this\b"),
         ("note", "message", "instruction", "reminder", "if you are", "reading", "processing", "summari")),
     # -- jailbreaks -----------------------------------------------------------------------------------
-    Signal("jailbreak_persona", 0.6, re.compile(
-        r"\bdo anything now\b|\b(DAN|developer|god|evil)[ _]mode[ :]*(enabled|activated|output)\b"
+    Signal("jailbreak_persona", 0.6, (
+        r"\bdo anything now\b|\b(dan|developer|god|evil)[ _]mode[ :]*(enabled|activated|output)\b"
         r"|\b(unfiltered|uncensored|unrestricted|amoral|unethical|jailbroken)\s+(ai|assistant|model|chatbot|bot|llm"
         r"|version|persona|responses?|answers?)\b|\bevil (confidant|assistant|ai|bot)\b"
         r"|\b(broken free|freed) (of|from) the (typical )?(confines|restrictions|rules)\b"
         r"|\b(does not|doesn't|do not|don't|will not|won't) (have to )?(abide|follow|adhere|comply)\b[^.\n]{0,20}?"
-        r"\b(openai|content polic)", _I),
+        r"\b(openai|content polic)"),
         ("do anything now", " mode", "unfiltered", "uncensored", "unrestricted", "amoral", "unethical", "jailbroken",
          "evil", "free", "bound", "restricted", "limited", "abide", "follow", "adhere", "comply")),
-    Signal("persona_name", 0.3, re.compile(  # a persona with a made-up acronym name: "pretend to be STAN"
-        r"\b(?i:pretend to be|act as|you are|you're|become|role of|known as|called)\s+(?-i:DAN|[A-Z]{3,}|\w+GPT)\b"),
-        ("pretend", "act as", "you are", "you're", "become", "role of", "known as", "called")),
-    Signal("jailbreak_words", 0.3, re.compile(
+    Signal("persona_name", 0.3, None, ("pretend", "act as", "you are", "you're", "become", "role of", "known as",
+                                       "called"), (  # a persona with a made-up acronym name: "pretend to be STAN"
+        r"\b(?i:pretend to be|act as|you are|you're|become|role of|known as|called)\s+(?:[A-Z]{3,}|\w+GPT)\b")),
+    Signal("jailbreak_words", 0.3, (
         r"\b(jailbreak|jailbroken|developer mode|no (restrictions|limits|filters|censorship|morals|ethics)"
         r"|without (any )?(restrictions|filters|limitations|censorship|morals|ethics)|(not|never) (bound|restricted"
-        r"|limited) by (any )?(rules|policies|guidelines|restrictions|ethics))\b|(?-i:\bDAN\b)", _I),
+        r"|limited) by (any )?(rules|policies|guidelines|restrictions|ethics))\b"),
         ("jailbr", "developer mode", "restrictions", "limits", "filters", "limitations", "censorship", "morals",
-         "ethics", "dan", "bound", "restricted", "limited")),
-    Signal("role_play", 0.3, re.compile(
+         "ethics", "bound", "restricted", "limited", "dan"), (r"\bDAN\b")),
+    Signal("role_play", 0.3, (
         r"\b(pretend (to be|you are)|act as|roleplay as|role-play as|(stay|staying|break|breaking) (in |out of )?"
-        r"character|immerse yourself)\b", _I),
+        r"character|immerse yourself)\b"),
         ("pretend", "act as", "roleplay", "role-play", "character", "immerse")),
-    Signal("toxic_request", 0.5, re.compile(
+    Signal("toxic_request", 0.5, (
         r"\b(write|generate|produce|create|give me)\s+(one|a|an|some|\d+)?\s*((toxic|hateful|racist|sexist|offensive"
         r"|harmful|insulting|demeaning)\s+(sentences?|jokes?|statements?|comments?|texts?|remarks?|tweets?|messages?"
         r"|paragraphs?)\b|(negative|unfriendly|rude|hostile|derogatory|mean)\s+(sentences?|jokes?|statements?"
-        r"|comments?|remarks?|tweets?)\s+about\b)", _I),
+        r"|comments?|remarks?|tweets?)\s+about\b)"),
         ("toxic", "hateful", "racist", "sexist", "offensive", "harmful", "insulting", "demeaning", "about")),
-    Signal("adversarial_suffix", 0.5, re.compile(r"(\[\s+){3,}|(!\s+){4,}|(\[\s(?!\s*\]).{0,60}?){3}"), ("[ ", "! ")),
+    Signal("adversarial_suffix", 0.5, (r"(\[\s+){3,}|(!\s+){4,}|(\[\s(?!\s*\]).{0,60}?){3}"), ("[ ", "! ")),
     # -- prompt extraction ----------------------------------------------------------------------------
-    Signal("prompt_extraction", 0.5, re.compile(
-        r"\b(reveal|print|show|repeat|leak|output|tell me|give me|display|dump)\b.{0,30}?"
+    Signal("prompt_extraction", 0.5, (
+        r"(?:reveal|print|show|repeat|leak|output|tell me|give me|display|dump)\b.{0,30}?"
         r"\b(system (prompt|message)|hidden prompt|your (instructions|rules|prompt|guidelines))\b"
         r"|\byour (system (prompt|message|instructions)|initial (prompt|instructions)|original (prompt|instructions)"
         r"|hidden instructions|pre-?prompt)\b|\binitiali[sz]ation (string|prompt)\b|\bmy instructions (are|were)\b"
@@ -114,28 +163,27 @@ SIGNALS: list[Signal] = [
         r"|\b(what|everything) (were you|you were) told before\b|\b(output|print|repeat|show) (the|all( of)? the) "
         r"(text|words|content|instructions) above\b"
         r"|\b(print|log|echo|dump)\s*\(\s*system_?prompt|\b(are|were) you (not|never) (supposed|allowed) to "
-        r"(tell|say|reveal|share|disclose)\b", _I),
+        r"(tell|say|reveal|share|disclose)\b"),
         ("system prompt", "system message", "hidden", "initial", "your instructions", "your rules", "your prompt",
          "your guidelines", "original", "prompt", "initiali", "supposed", "allowed", "instructions", "instructed",
          "given", "told", "above", "your system")),
     # -- smuggling ------------------------------------------------------------------------------------
-    Signal("fake_role_marker", 0.4, re.compile(
+    Signal("fake_role_marker", 0.4, (
         r"^\s*#{2,}\s*(system|instruction)s?\b|^\s*system\s*:|\[/?(system|admin|developer)\b|<(instruction|system"
-        r"|admin)>|(?-i:\b(SYSTEM|ADMIN|DEVELOPER)( MESSAGE| NOTE| REQUEST| OVERRIDE| PROMPT)?\s*::?)"
-        r"|^\s*(assistant|user|human)\s*:", _I | re.M),
-        ("system", "instruction", "admin", "developer", "assistant", "user", "human")),
-    Signal("special_token", 0.5, re.compile(
-        r"<\|(im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id)\|>|\[/?INST\]|<</?SYS>>"
-        r"|<end of (session|conversation|prompt|document)>", _I),
+        r"|admin)>|^\s*(assistant|user|human)\s*:"),
+        ("system", "instruction", "admin", "developer", "assistant", "user", "human"),
+        (r"\b(SYSTEM|ADMIN|DEVELOPER)( MESSAGE| NOTE| REQUEST| OVERRIDE| PROMPT)?\s*::?"), re.DOTALL | re.M),
+    Signal("special_token", 0.5, (
+        r"<\|(im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id)\|>|\[/?inst\]|<</?sys>>"
+        r"|<end of (session|conversation|prompt|document)>"),
         ("<|", "[inst", "[/inst", "<<sys", "<</sys", "<end of")),
-    Signal("hidden_unicode", 0.5, re.compile(
+    Signal("hidden_unicode", 0.5, (
         "[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\U000e0000-\U000e007f]")),
 ]  # fmt: skip
 ENCODED_BONUS = 0.2  # a payload hidden in base64 / hex / rot13 that reads as an attack is worse than a plain one
-EXFILTRATION = Signal(
-    "markdown_exfiltration", 0.7, re.compile(r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?#][^)\s]*=[^)\s]+\)", _I), ("![",)
-)
-_ROT13_NEEDS = {signal.name: tuple(codecs.encode(w, "rot13") for w in signal.needs) for signal in SIGNALS}
+EXFILTRATION = Signal("markdown_exfiltration", 0.7, r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?#][^)\s]*=[^)\s]+\)", ("![",))
+# rot13'd trigger words, 5+ letters (shorter ones occur in plain text by chance)
+_ROT13_NEEDS = tuple(sorted({codecs.encode(w, "rot13") for s in SIGNALS for w in s.needs if len(w) >= 5}))
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{20,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX = re.compile(r"\b(?:[0-9a-fA-F]{2}){12,}\b")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9+/]{20}")  # base64 and hex payloads need a run this long
@@ -172,7 +220,7 @@ def hidden_payloads(text: str) -> list[tuple[str, str]]:
 
 def _rot13(text: str) -> list[tuple[str, str]]:
     lowered = text.lower()
-    if any(word in lowered for words in _ROT13_NEEDS.values() for word in words):
+    if any(word in lowered for word in _ROT13_NEEDS):  # rot13'd trigger words of 5+ letters
         return [("rot13", codecs.decode(text, "rot13"))]
     return []
 
