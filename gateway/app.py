@@ -25,6 +25,7 @@ from engines.vllm_server import VllmServerEngine
 from rails.builtin.nemo import Endpoint, ModelResolver
 from rails.tools.config import load_tool_policy
 
+from .approvals import ApprovalStore
 from .chat import ChatService
 from .errors import STATUS_ERROR_TYPES, describe, kind_of, to_error_body
 from .guard import Guard, load_rail_set
@@ -101,6 +102,7 @@ def create_app(
     sessions = SessionStore(redis, settings.session_ttl_s)
     guard = load_guard(settings, tracer, partial(model_endpoint, pool))
     tools = load_tool_guard(settings)
+    approvals = ApprovalStore(redis)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -144,7 +146,8 @@ def create_app(
         pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()), redis=redis, sessions=sessions,
         redis_url=redis_url,
         key_store=KeyStore(redis, settings.key_cache_s), responses=ResponseStore(redis, settings.session_ttl_s),
-        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis), guard, tools),
+        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis), guard, tools, approvals),
+        approvals=approvals,
     )  # fmt: skip
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
     return app

@@ -22,6 +22,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from engines.pool import EnginePool
 from rails.pipeline import Decision
 
+from .approvals import ApprovalStore, Ticket
 from .errors import ModelNotFound, describe, sse_error_event
 from .guard import ContentFiltered, Guard, filter_output
 from .keys import KeyRecord
@@ -58,6 +59,7 @@ class StepRun:
     api: str = "chat"
     decisions: list[Decision] = field(default_factory=list)
     judge: Judge | None = None  # the tool policy's judge for this step's proposed calls
+    delivered: Ticket | None = None  # an approved call this step hands over instead of asking the model
 
 
 Renderer = Callable[[StepRun, AsyncIterator[ChatCompletionChunk]], AsyncGenerator[bytes, None]]
@@ -86,6 +88,7 @@ class ChatService:
         limiter: RateLimiter,
         guard: Guard | None = None,
         tools: ToolGuard | None = None,
+        approvals: ApprovalStore | None = None,
         provider: str = "vllm",
     ) -> None:
         self.pool = pool
@@ -95,6 +98,7 @@ class ChatService:
         self.limiter = limiter
         self.guard = guard
         self.tools = tools
+        self.approvals = approvals
         self.provider = provider
         self._models = set(pool.model_ids)
 
@@ -104,7 +108,8 @@ class ChatService:
             async for _ in chunks:
                 pass
         result = step.accumulator.result(request.model)
-        if result.choices[0].finish_reason == "content_filter" and self.guard is not None:
+        judged = step.judge is not None and bool(step.judge.decisions)  # else an output rail blocked
+        if result.choices[0].finish_reason == "content_filter" and self.guard is not None and not judged:
             result.choices[0].message.content = self.guard.refusal  # nothing of the blocked answer
         extension: dict[str, Any] = {}
         if step.decisions and self.guard is not None:
@@ -151,6 +156,12 @@ class ChatService:
     async def run(self, step: StepRun) -> AsyncGenerator[ChatCompletionChunk, None]:
         """The engine's chunks for this step after the output rails, folded as they pass; the step is
         committed to its session before the generator finishes (a stream's last event follows it)."""
+        if step.delivered is not None and step.judge is not None:  # an approved call: no model, no rails
+            for chunk in step.judge.deliver(step.delivered):
+                step.accumulator.add(chunk)
+                yield chunk
+            await self._commit(step)
+            return
         output = self.guard.output_filter() if self.guard is not None else None
         async with aclosing(self._generate(step.request, step.ctx.request_id)) as chunks:
             stream: AsyncIterator[ChatCompletionChunk] = chunks
@@ -184,14 +195,18 @@ class ChatService:
                 await self._commit(step)
                 raise
         pending.observe(request)
-        judge = None
+        judge, delivered = None, None
         if self.tools is not None:
             self.tools.label(pending, decisions)
-            judge = self.tools.judge(request, pending, ctx.key.tenant)
+            judge = self.tools.judge(request, pending, ctx.key.tenant, self.approvals)
+            if pending.state.approved and self.approvals is not None:
+                state = pending.state
+                delivered = await self.approvals.claim(state.tenant, state.session_id, state.approved,
+                                                       self.tools.policy.version)  # fmt: skip
         if tokens_left is not None:  # never let one step overrun the session's token budget
             asked = request.max_completion_tokens or request.max_tokens or tokens_left
             request = msgspec.structs.replace(request, max_completion_tokens=min(asked, tokens_left), max_tokens=None)
-        return StepRun(request, ctx, pending, Accumulator(), api, decisions, judge)
+        return StepRun(request, ctx, pending, Accumulator(), api, decisions, judge, delivered)
 
     async def _commit(self, run: StepRun) -> None:
         accumulator, pending = run.accumulator, run.pending

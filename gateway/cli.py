@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--tenant", required=True)
     create.add_argument("--models", default="*", help="comma-separated model ids the key may use (default: all)")
     create.add_argument("--policy", default="default", help="policy set applied to this key's requests")
+    create.add_argument("--roles", default="agent", help="comma-separated: agent, approver, auditor, admin")
     for limit in ("requests-per-minute", "tokens-per-minute", "max-session-steps", "max-session-tokens",
                   "max-session-seconds"):  # fmt: skip
         create.add_argument(f"--{limit}", type=int, default=0, help="0 means unlimited")
@@ -150,12 +151,14 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
                 args.max_session_tokens, args.max_session_seconds,
             )  # fmt: skip
             models = tuple(m.strip() for m in args.models.split(",") if m.strip()) or ("*",)
+            roles = tuple(r.strip() for r in args.roles.split(",") if r.strip()) or ("agent",)
             try:
-                secret, record = await store.create(args.tenant, models, args.policy, limits)
-            except msgspec.ValidationError as exc:
+                secret, record = await store.create(args.tenant, models, args.policy, limits, roles)
+            except (msgspec.ValidationError, ValueError) as exc:
                 print(f"sentrail: invalid key: {exc}", file=sys.stderr)
                 return 2
-            print(f"key id:  {record.key_id}\ntenant:  {record.tenant}\nsecret:  {secret}")
+            print(f"key id:  {record.key_id}\ntenant:  {record.tenant}\nroles:   {','.join(record.roles)}")
+            print(f"secret:  {secret}")
             print("Store the secret now: it is not kept and cannot be shown again.", file=sys.stderr)
             return 0
 

@@ -41,6 +41,8 @@ ERRORS: dict[str, ErrorKind] = {
     "rate_limit_exceeded": ErrorKind(429, "rate_limit_error"),
     "session_not_found": ErrorKind(404, "invalid_request_error"),
     "response_not_found": ErrorKind(404, "invalid_request_error"),
+    "approval_not_found": ErrorKind(404, "invalid_request_error"),
+    "approval_conflict": ErrorKind(409, "invalid_request_error"),
 }
 
 # Litestar's own HTTP exceptions (routing, body limits) by status code.

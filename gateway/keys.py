@@ -39,6 +39,11 @@ class KeyRecord(msgspec.Struct, frozen=True):
     policy: str = "default"
     limits: Limits = Limits()
     created_at: float = 0.0
+    roles: tuple[str, ...] = ("agent",)  # agent: call models; approver: decide approval tickets; auditor; admin
+
+    def require_role(self, role: str) -> None:
+        if role not in self.roles and "admin" not in self.roles:
+            raise Forbidden(f"This API key lacks the {role!r} role.", "authorization")
 
     def allows_model(self, model: str) -> bool:
         return "*" in self.models or model in self.models
@@ -48,7 +53,8 @@ class KeyRecord(msgspec.Struct, frozen=True):
             raise Forbidden(f"This API key may not use model {model!r}.", "model")
 
 
-DEV_KEY = KeyRecord(key_id="dev", tenant="dev")
+ROLES = ("agent", "approver", "auditor", "admin")
+DEV_KEY = KeyRecord(key_id="dev", tenant="dev", roles=ROLES)  # development mode: loopback only, every role
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(KeyRecord)
 
@@ -66,11 +72,20 @@ class KeyStore:
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
 
     async def create(
-        self, tenant: str, models: tuple[str, ...] = ("*",), policy: str = "default", limits: Limits | None = None
+        self,
+        tenant: str,
+        models: tuple[str, ...] = ("*",),
+        policy: str = "default",
+        limits: Limits | None = None,
+        roles: tuple[str, ...] = ("agent",),
     ) -> tuple[str, KeyRecord]:
+        unknown = set(roles) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ROLES)}")
         key_id = secrets.token_hex(4)
         secret = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
-        fields = {"key_id": key_id, "tenant": tenant, "models": models, "policy": policy, "created_at": time.time()}
+        fields = {"key_id": key_id, "tenant": tenant, "models": models, "policy": policy, "created_at": time.time(),
+                  "roles": roles}  # fmt: skip
         fields["limits"] = msgspec.to_builtins(limits or Limits())
         record = msgspec.convert(fields, KeyRecord)  # validates the tenant name
         hashed = digest(secret)

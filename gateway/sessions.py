@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from rails.pipeline import Decision
 
+from .approvals import approved_key
 from .errors import BudgetExceeded, InvalidRequest, SessionNotFound
 from .keys import KeyRecord
 from .protocol import AssistantMessage, ChatCompletionRequest, ToolMessage
@@ -66,6 +67,7 @@ class SessionState(msgspec.Struct):
     tool_calls: int = 0
     labels: list[str] = []
     calls: dict[str, ToolCallRecord] = {}
+    approved: list[str] = []  # approval tickets approved and not yet delivered
 
 
 class SessionSummary(msgspec.Struct):
@@ -187,8 +189,9 @@ class SessionStore:
                 pipe.hgetall(meta_key)
                 pipe.hgetall(calls_key)
                 pipe.smembers(labels_key)
+                pipe.smembers(approved_key(tenant, session_id))
             results = await pipe.execute()
-        return [_state(tenant, session_id, *results[3 * i : 3 * i + 3]) for i, session_id in enumerate(session_ids)]
+        return [_state(tenant, session_id, *results[4 * i : 4 * i + 4]) for i, session_id in enumerate(session_ids)]
 
     async def commit(self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]) -> None:
         """Write the whole step atomically (one MULTI/EXEC)."""
@@ -239,13 +242,13 @@ class SessionStore:
 
     async def delete(self, tenant: str, session_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*_keys(tenant, session_id))
+            pipe.delete(*_keys(tenant, session_id), approved_key(tenant, session_id))
             pipe.zrem(_index(tenant), session_id)
             deleted, _ = await pipe.execute()
         return deleted > 0
 
 
-def _state(tenant: str, session_id: str, meta: dict, calls: dict, labels: set) -> SessionState | None:
+def _state(tenant: str, session_id: str, meta: dict, calls: dict, labels: set, approved: set) -> SessionState | None:
     if not meta:
         return None
     return SessionState(
@@ -259,6 +262,7 @@ def _state(tenant: str, session_id: str, meta: dict, calls: dict, labels: set) -
         tool_calls=int(meta.get(b"tool_calls", 0)),
         labels=sorted(label.decode() for label in labels),
         calls={k.decode(): msgspec.json.decode(v, type=ToolCallRecord) for k, v in calls.items()},
+        approved=sorted(ticket.decode() for ticket in approved),
     )
 
 

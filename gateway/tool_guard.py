@@ -10,6 +10,7 @@ ticket. With no call left, `finish_reason` is `content_filter`. Decisions go int
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ import structlog
 from rails.config import RailsConfigError
 from rails.pipeline import Decision
 from rails.tools.config import ToolPolicy, load_tool_policy
-from rails.tools.decide import Decider, PastCall, SessionView, ToolDecision, canonical
+from rails.tools.decide import Decider, PastCall, SessionView, ToolDecision, arguments_sha256, canonical
 
+from .approvals import ApprovalStore, Ticket, new_ticket_id
 from .protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -29,6 +31,7 @@ from .protocol import (
     Delta,
     FunctionCallDelta,
     ToolCallDelta,
+    Usage,
 )
 from .sessions import PendingStep
 from .streaming import Accumulator
@@ -73,14 +76,23 @@ class ToolGuard:
                 if label:
                     pending.new_labels.add(label)
 
-    def judge(self, request: ChatCompletionRequest, pending: PendingStep, tenant: str) -> Judge:
-        return Judge(self.policy, request, pending, tenant)
+    def judge(
+        self, request: ChatCompletionRequest, pending: PendingStep, tenant: str, approvals: ApprovalStore | None
+    ) -> Judge:
+        return Judge(self.policy, request, pending, tenant, approvals)
 
 
 class Judge:
     """Decides the calls of one step; the session view is built on the first call only."""
 
-    def __init__(self, policy: ToolPolicy, request: ChatCompletionRequest, pending: PendingStep, tenant: str) -> None:
+    def __init__(
+        self,
+        policy: ToolPolicy,
+        request: ChatCompletionRequest,
+        pending: PendingStep,
+        tenant: str,
+        approvals: ApprovalStore | None = None,
+    ) -> None:
         schemas = None
         if request.tools is not None:
             schemas = {tool.function.name: tool.function.parameters for tool in request.tools}
@@ -88,6 +100,8 @@ class Judge:
         self.request, self.pending, self.tenant = request, pending, tenant
         self.decisions: list[ToolDecision] = []
         self.arguments: dict[str, str] = {}  # call id -> the arguments proposed
+        self.approvals = approvals
+        self.tickets: list[Ticket] = []  # issued this step, saved before the client hears of them
         self._view: SessionView | None = None
 
     def view(self) -> SessionView:
@@ -108,11 +122,47 @@ class Judge:
         view = self.view()
         decision = self.decider.decide(call_id, name, arguments, view)
         view.add(PastCall(name, _canonical(arguments), decision.action))  # later calls of the step count it
+        if decision.action == "require_approval":
+            decision.ticket = self._ticket(call_id, name, arguments, decision)
         self.decisions.append(decision)
         self.arguments[call_id] = arguments
         log.info("tool_call_decided", tool=name, call_id=call_id, action=decision.action, rule=decision.rule,
                  reason=decision.reason, policy_version=decision.policy_version)  # fmt: skip
         return decision
+
+    def _ticket(self, call_id: str, name: str, arguments: str, decision: ToolDecision) -> str:
+        now = time.time()
+        ticket = Ticket(
+            id=new_ticket_id(), tenant=self.tenant, session_id=self.pending.state.session_id, call_id=call_id,
+            tool=name, arguments=arguments, arguments_sha256=arguments_sha256(_parsed(arguments)),
+            policy_version=decision.policy_version, reason=decision.reason, created_at=now,
+            expires_at=now + self.decider.policy.file.approval_ttl_s,
+        )  # fmt: skip
+        self.tickets.append(ticket)
+        return ticket.id
+
+    async def save_tickets(self) -> None:
+        if self.tickets and self.approvals is not None:
+            await self.approvals.create(self.tickets)
+            for ticket in self.tickets:
+                log.info("approval_requested", ticket=ticket.id, tool=ticket.tool, call_id=ticket.call_id,
+                         arguments_sha256=ticket.arguments_sha256, policy_version=ticket.policy_version)  # fmt: skip
+        self.tickets = []
+
+    def deliver(self, ticket: Ticket) -> list[ChatCompletionChunk]:
+        """The approved call, exactly as proposed, as an engine would have streamed it (no model call)."""
+        decision = ToolDecision(ticket.call_id, ticket.tool, "allow", f"approved by {ticket.decided_by}",
+                                "approval", ticket.policy_version, ticket=ticket.id)  # fmt: skip
+        self.decisions.append(decision)
+        self.arguments[ticket.call_id] = ticket.arguments
+        chunk_id = f"chatcmpl-{ticket.id}"
+        call = ToolCallDelta(0, ticket.call_id, "function", FunctionCallDelta(ticket.tool, ticket.arguments))
+        model = self.request.model
+        return [
+            ChatCompletionChunk(chunk_id, model, [ChunkChoice(Delta(role="assistant", tool_calls=[call]))]),
+            DecidedChunk(chunk_id, model, [ChunkChoice(Delta(), "tool_calls")], sentrail=self.extension()),
+            ChatCompletionChunk(chunk_id, model, [], usage=Usage(0, 0, 0)),
+        ]
 
     def extension(self) -> dict[str, Any]:
         return {"tool_calls": [_builtins(d) for d in self.decisions], "policy_version": self.decider.policy.version}
@@ -157,6 +207,7 @@ async def judge_tool_calls(
             yield chunk
         calls = held.tool_calls()
         decisions = [judge.decide(c.id, c.function.name, c.function.arguments) for c in calls]
+        await judge.save_tickets()
         released = [c for c, d in zip(calls, decisions, strict=True) if d.action == "allow"]
         told = note(decisions)
         if told:
@@ -175,11 +226,16 @@ def _like(chunk: ChatCompletionChunk, delta: Delta) -> ChatCompletionChunk:
     return ChatCompletionChunk(chunk.id, chunk.model, [ChunkChoice(delta, None)], chunk.created)
 
 
-def _canonical(arguments: str) -> str:
+def _parsed(arguments: str) -> Any:
     try:
-        return canonical(json.loads(arguments or "{}"))
+        return json.loads(arguments or "{}")
     except json.JSONDecodeError:
         return arguments
+
+
+def _canonical(arguments: str) -> str:
+    parsed = _parsed(arguments)
+    return arguments if parsed is arguments else canonical(parsed)
 
 
 def _builtins(decision: ToolDecision) -> dict[str, Any]:

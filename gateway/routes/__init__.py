@@ -1,5 +1,6 @@
 """Thin HTTP handlers: decode, call a service, map the result. Errors are raised, never formatted here."""
 
+from .approvals import decide_approval, get_approval, list_approvals
 from .chat import chat_completions
 from .health import live, metrics, ready
 from .models import get_model, list_models
@@ -8,5 +9,5 @@ from .sessions import delete_session, get_session, list_sessions
 
 ROUTES = [
     chat_completions, create_response, get_response, delete_response, list_models, get_model,
-    list_sessions, get_session, delete_session, live, ready, metrics,
+    list_sessions, get_session, delete_session, list_approvals, get_approval, decide_approval, live, ready, metrics,
 ]  # fmt: skip

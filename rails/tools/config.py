@@ -53,6 +53,7 @@ class PolicyFile(msgspec.Struct, forbid_unknown_fields=True):
     version: Literal[1] = 1
     default: Action = "deny"
     history: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50  # recent calls visible as session.calls
+    approval_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 3600  # how long an approval ticket can be decided
     labels: Labels = msgspec.field(default_factory=Labels)
     limits: Limits = msgspec.field(default_factory=Limits)
     rules: list[Rule] = []
