@@ -1,4 +1,4 @@
-"""`sentrail serve`, `sentrail model prepare`, `sentrail keys create | list | revoke`."""
+"""`sentrail serve`, `model prepare`, `keys create | list | revoke`, `policy check | test | explain | replay`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -15,6 +14,7 @@ import msgspec
 from engines.models import prepare_embedded_model
 from rails.config import RailsConfigError
 
+from . import policy_cli
 from .observability import configure_logging
 from .settings import ConfigError, Settings, load_settings
 
@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--force", action="store_true", help="rebuild even when already prepared")
 
     policy = commands.add_parser("policy", help="work with policy files").add_subparsers(dest="action", required=True)
-    check = policy.add_parser("check", parents=[common], help="validate <policies_dir>/rails.yaml; errors as file:line")
-    check.add_argument("--dir", help="policies directory (default: the configured policies_dir)")
+    policy_cli.add_commands(policy, common)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", parents=[common], help="create a key for a tenant (the secret is shown once)")
@@ -61,31 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             prepare_embedded_model(settings.home_path, force=args.force)
             return 0
         if args.command == "policy":
-            return _policy_check(Path(args.dir or settings.policies_dir), settings)
+            return asyncio.run(policy_cli.run(settings, args))
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
         print(f"sentrail: {exc}", file=sys.stderr)
         return 2
     except RailsConfigError as exc:
-        print("sentrail: invalid rails configuration:", *exc.errors, sep="\n  ", file=sys.stderr)
+        print("sentrail: invalid policy files:", *exc.errors, sep="\n  ", file=sys.stderr)
         return 2
-
-
-def _policy_check(directory: Path, settings: Settings) -> int:
-    from rails.builtin.nemo import Endpoint
-
-    from .guard import load_rail_set
-
-    path = directory / "rails.yaml"
-    model_ids = {m.id for m in settings.models}  # NeMo rails may only name models this gateway serves
-
-    def resolve(model_id: str) -> Endpoint | None:
-        return Endpoint("http://127.0.0.1/v1", model_id) if model_id in model_ids else None
-
-    rails = load_rail_set(path, resolve=resolve)  # RailsConfigError: printed by main() with every file:line
-    names = [c.rail.name for stage in rails.pipeline.by_stage.values() for c in stage]
-    print(f"{path}: ok, version {rails.version}, {len(names)} rails: {', '.join(names)}")
-    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -106,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 @asynccontextmanager
-async def _redis(settings: Settings) -> AsyncIterator[Any]:
+async def connected_redis(settings: Settings) -> AsyncIterator[Any]:
     """The configured Redis; else the running gateway's embedded one; else the embedded one, briefly."""
     from .redis_server import EmbeddedRedis, connect_redis, redis_url_file
 
@@ -141,7 +123,7 @@ async def _redis(settings: Settings) -> AsyncIterator[Any]:
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from .keys import KeyStore, Limits
 
-    async with _redis(settings) as redis:
+    async with connected_redis(settings) as redis:
         store = KeyStore(redis, cache_s=0)
         actions: dict[str, Callable[[], Awaitable[int]]] = {}
 

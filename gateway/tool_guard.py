@@ -21,7 +21,14 @@ import structlog
 from rails.config import RailsConfigError
 from rails.pipeline import Decision
 from rails.tools.config import ToolPolicy, load_tool_policy
-from rails.tools.decide import Decider, PastCall, SessionView, ToolDecision, arguments_sha256, canonical
+from rails.tools.decide import (
+    Decider,
+    PastCall,
+    SessionView,
+    ToolDecision,
+    arguments_sha256,
+    canonical_arguments,
+)
 
 from .approvals import ApprovalStore, Ticket, new_ticket_id
 from .protocol import (
@@ -110,7 +117,7 @@ class Judge:
             past = sorted(state.calls.values(), key=lambda c: c.step)
             self._view = SessionView.build(
                 state.session_id,
-                (PastCall(c.name, _canonical(c.arguments), c.decision) for c in past),
+                (PastCall(c.name, canonical_arguments(c.arguments), c.decision) for c in past),
                 tenant=self.tenant,
                 model=self.request.model,
                 labels=set(state.labels) | self.pending.new_labels,
@@ -121,7 +128,7 @@ class Judge:
     def decide(self, call_id: str, name: str, arguments: str) -> ToolDecision:
         view = self.view()
         decision = self.decider.decide(call_id, name, arguments, view)
-        view.add(PastCall(name, _canonical(arguments), decision.action))  # later calls of the step count it
+        view.add(PastCall(name, canonical_arguments(arguments), decision.action))  # later calls of the step count it
         if decision.action == "require_approval":
             decision.ticket = self._ticket(call_id, name, arguments, decision)
         self.decisions.append(decision)
@@ -231,11 +238,6 @@ def _parsed(arguments: str) -> Any:
         return json.loads(arguments or "{}")
     except json.JSONDecodeError:
         return arguments
-
-
-def _canonical(arguments: str) -> str:
-    parsed = _parsed(arguments)
-    return arguments if parsed is arguments else canonical(parsed)
 
 
 def _builtins(decision: ToolDecision) -> dict[str, Any]:

@@ -40,6 +40,16 @@ class ToolDecision(msgspec.Struct, omit_defaults=True):
 
 
 @dataclass
+class RuleResult:
+    rule: str
+    matched: bool
+    action: str
+    reason: str
+    shadow: bool
+    when: str | None
+
+
+@dataclass
 class PastCall:
     name: str
     arguments: str  # canonical JSON
@@ -75,6 +85,14 @@ class SessionView:
 
 def canonical(arguments: Any) -> str:
     return json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_arguments(arguments: str) -> str:
+    """Canonical JSON of a call's raw arguments (kept as written when they are not JSON)."""
+    try:
+        return canonical(json.loads(arguments or "{}"))
+    except json.JSONDecodeError:
+        return arguments
 
 
 def arguments_sha256(arguments: Any) -> str:
@@ -129,10 +147,26 @@ class Decider:
         if limits.max_identical_calls and view.identical[(tool, canonical(args))] >= limits.max_identical_calls:
             return deny(f"limit: the same call was made {limits.max_identical_calls} times (loop?)", "limits")
 
-        rules = self.policy.rules_for(tool)
-        context = None
         winner: ToolDecision | None = None
         shadow: list[dict[str, str]] = []
+        for result in self.evaluate(call_id, tool, args, view):
+            if not result.matched:
+                continue
+            if result.shadow:
+                shadow.append({"rule": result.rule, "action": result.action, "reason": result.reason})
+            elif winner is None or STRENGTH[result.action] > STRENGTH[winner.action]:
+                winner = ToolDecision(call_id, tool, result.action, result.reason, result.rule)
+        if winner is None:
+            default = self.policy.file.default
+            winner = ToolDecision(call_id, tool, default, f"no rule matched; default {default}")
+        winner.shadow = shadow
+        return winner
+
+    def evaluate(self, call_id: str, tool: str, args: Any, view: SessionView) -> list[RuleResult]:
+        """Every rule for the tool, in file order, with whether it matched (for `decide` and `explain`)."""
+        rules = self.policy.rules_for(tool)
+        context = None
+        results = []
         for compiled in rules:
             rule = compiled.rule
             matched, action, reason = True, rule.action, rule.reason or f"rule {rule.name}"
@@ -144,17 +178,8 @@ class Decider:
                 except Exception as exc:
                     matched, action = True, "deny"
                     reason = f"rule {rule.name} could not be evaluated: {type(exc).__name__}: {exc}"
-            if not matched:
-                continue
-            if rule.shadow:
-                shadow.append({"rule": rule.name, "action": action, "reason": reason})
-            elif winner is None or STRENGTH[action] > STRENGTH[winner.action]:
-                winner = ToolDecision(call_id, tool, action, reason, rule.name)
-        if winner is None:
-            default = self.policy.file.default
-            winner = ToolDecision(call_id, tool, default, f"no rule matched; default {default}")
-        winner.shadow = shadow
-        return winner
+            results.append(RuleResult(rule.name, matched, action, reason, rule.shadow, rule.when))
+        return results
 
 
 def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: ToolPolicy, with_calls: bool) -> Any:
