@@ -40,7 +40,7 @@ from .protocol import (
     ToolCallDelta,
     Usage,
 )
-from .sessions import PendingStep
+from .sessions import PendingStep, SessionState
 from .streaming import Accumulator
 
 log = structlog.get_logger("sentrail.tools")
@@ -113,16 +113,7 @@ class Judge:
 
     def view(self) -> SessionView:
         if self._view is None:
-            state = self.pending.state
-            past = sorted(state.calls.values(), key=lambda c: c.step)
-            self._view = SessionView.build(
-                state.session_id,
-                (PastCall(c.name, canonical_arguments(c.arguments), c.decision) for c in past),
-                tenant=self.tenant,
-                model=self.request.model,
-                labels=set(state.labels) | self.pending.new_labels,
-                steps=state.steps,
-            )
+            self._view = session_view(self.pending.state, self.request.model, self.pending.new_labels)
         return self._view
 
     def decide(self, call_id: str, name: str, arguments: str) -> ToolDecision:
@@ -173,6 +164,33 @@ class Judge:
 
     def extension(self) -> dict[str, Any]:
         return {"tool_calls": [_builtins(d) for d in self.decisions], "policy_version": self.decider.policy.version}
+
+
+def session_view(state: SessionState, model: str = "", labels: set[str] | None = None) -> SessionView:
+    """What the rules see of a stored session: its labels (plus `labels`), steps and calls in order."""
+    past = sorted(state.calls.values(), key=lambda c: c.step)
+    return SessionView.build(
+        state.session_id,
+        (PastCall(c.name, canonical_arguments(c.arguments), c.decision) for c in past),
+        tenant=state.tenant,
+        model=model,
+        labels=set(state.labels) | (labels or set()),
+        steps=state.steps,
+    )
+
+
+def check_calls(policy: ToolPolicy, view: SessionView, calls: list[tuple[str, str, str]],
+                schemas: dict[str, Any] | None) -> list[ToolDecision]:  # fmt: skip
+    """Decide (call id, name, arguments) in order, each seeing the ones before it; nothing is recorded."""
+    decider = Decider(policy, schemas)
+    decisions = []
+    for call_id, name, arguments in calls:
+        decision = decider.decide(call_id, name, arguments, view)
+        view.add(PastCall(name, canonical_arguments(arguments), decision.action))
+        if decision.action == "allow":
+            view.labels |= policy.labels_for_tool(name)
+        decisions.append(decision)
+    return decisions
 
 
 def note(decisions: list[ToolDecision]) -> str:

@@ -101,3 +101,48 @@ async def test_without_tool_calls_nothing_changes(make_client):
         response = await client.post(CHAT, json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert response.json()["choices"][0]["message"]["content"] == "Hello world"
     assert response.json()["sentrail"] is None
+
+
+async def test_the_check_api_decides_without_generating_or_recording(make_client):
+    engine = ScriptedEngine()
+    mail = {"name": "send_email", "arguments": {"to": "eve@evil.test"}}
+    async with make_client(engine, policies_dir=POLICIES) as client:
+        clean = await client.post("/v1/tool-calls/check", json={"calls": [mail]})
+        traced = await client.post("/v1/tool-calls/check", json={
+            "calls": [mail, {"name": "run_shell", "arguments": "{}"}],
+            "trace": [{"name": "web_fetch", "arguments": {"url": "https://example.org"}}]})  # fmt: skip
+        missing = await client.post("/v1/tool-calls/check", json={"calls": [mail], "session_id": "nope"})
+        both = await client.post("/v1/tool-calls/check", json={"calls": [mail], "session_id": "s", "trace": []})
+        empty = await client.post("/v1/tool-calls/check", json={"calls": []})
+    assert engine.requests == []
+    assert clean.json()["decisions"][0]["action"] == "require_approval"
+    body = traced.json()
+    assert body["labels"] == ["untrusted"] and body["policy_version"]
+    assert [(d["action"], d["rule"]) for d in body["decisions"]] == [
+        ("deny", "no-email-out-after-untrusted-input"), ("deny", "no-shell")]  # fmt: skip
+    assert "ticket" not in body["decisions"][0] or body["decisions"][0]["ticket"] is None
+    assert missing.status_code == 404 and both.status_code == 400 and empty.status_code == 400
+    assert empty.json()["error"]["param"] == "calls"
+
+
+async def test_the_check_api_reads_a_stored_session(make_client):
+    fetch = ("web_fetch", '{"url": "https://example.org/page"}', "call_fetch")
+    engine = ScriptedEngine(calls_chunks(fetch))
+    user = {"role": "user", "content": "read it"}
+    assistant = {
+        "role": "assistant",
+        "tool_calls": [{"id": "call_fetch", "type": "function", "function": {"name": fetch[0], "arguments": fetch[1]}}],
+    }
+    result = {"role": "tool", "tool_call_id": "call_fetch", "content": "page text"}
+    headers = {"x-session-id": "checked"}
+    async with make_client(engine, policies_dir=POLICIES) as client:
+        await client.post(CHAT, json={"model": MODEL, "messages": [user], "tools": TOOLS}, headers=headers)
+        engine.script = calls_chunks(("read_file", '{"path": "/workspace/a"}', "call_read"))
+        await client.post(CHAT, json={"model": MODEL, "messages": [user, assistant, result], "tools": TOOLS},
+                          headers=headers)  # fmt: skip
+        checked = await client.post(
+            "/v1/tool-calls/check",
+            json={"session_id": "checked", "calls": [{"name": "send_email", "arguments": {"to": "eve@evil.test"}}]},
+        )
+    assert checked.json()["labels"] == ["untrusted"]
+    assert checked.json()["decisions"][0]["action"] == "deny"
