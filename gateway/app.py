@@ -101,7 +101,7 @@ def create_app(
     redis = connect_redis(redis_url, settings.redis_timeout_s)
     sessions = SessionStore(redis, settings.session_ttl_s)
     guard = load_guard(settings, tracer, partial(model_endpoint, pool))
-    tools = load_tool_guard(settings)
+    tools = load_tool_guard(settings, tracer)
     approvals = ApprovalStore(redis)
 
     @contextlib.asynccontextmanager
@@ -168,7 +168,7 @@ def load_guard(settings: Settings, tracer: Tracer, resolve: ModelResolver | None
     return Guard(rails, resolve)
 
 
-def load_tool_guard(settings: Settings) -> ToolGuard | None:
+def load_tool_guard(settings: Settings, tracer: Tracer) -> ToolGuard | None:
     """Tool policy from <policies_dir>/tools.yaml; invalid raises `RailsConfigError` (serve refuses)."""
     path = Path(settings.policies_dir) / "tools.yaml"
     if not path.exists():
@@ -176,7 +176,7 @@ def load_tool_guard(settings: Settings) -> ToolGuard | None:
         return None
     policy = load_tool_policy(path)
     log.info("tool_policy_loaded", path=str(path), version=policy.version)
-    return ToolGuard(policy, path)
+    return ToolGuard(policy, path, tracer)
 
 
 def model_endpoint(pool: EnginePool, model_id: str) -> Endpoint | None:

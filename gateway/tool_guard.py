@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 import structlog
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from rails.config import RailsConfigError
 from rails.pipeline import Decision
@@ -55,9 +56,10 @@ class DecidedChunk(ChatCompletionChunk):
 class ToolGuard:
     """The tool policy in force; replaced whole on reload (a step keeps the one it started with)."""
 
-    def __init__(self, policy: ToolPolicy, path: Path) -> None:
+    def __init__(self, policy: ToolPolicy, path: Path, tracer: Tracer | None = None) -> None:
         self.policy = policy
         self.path = path
+        self.tracer = tracer or NoOpTracer()
 
     def reload(self) -> None:
         try:
@@ -86,7 +88,7 @@ class ToolGuard:
     def judge(
         self, request: ChatCompletionRequest, pending: PendingStep, tenant: str, approvals: ApprovalStore | None
     ) -> Judge:
-        return Judge(self.policy, request, pending, tenant, approvals)
+        return Judge(self.policy, request, pending, tenant, approvals, self.tracer)
 
 
 class Judge:
@@ -99,6 +101,7 @@ class Judge:
         pending: PendingStep,
         tenant: str,
         approvals: ApprovalStore | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         schemas = None
         if request.tools is not None:
@@ -108,6 +111,7 @@ class Judge:
         self.decisions: list[ToolDecision] = []
         self.arguments: dict[str, str] = {}  # call id -> the arguments proposed
         self.approvals = approvals
+        self.tracer = tracer or NoOpTracer()
         self.tickets: list[Ticket] = []  # issued this step, saved before the client hears of them
         self._view: SessionView | None = None
 
@@ -118,7 +122,14 @@ class Judge:
 
     def decide(self, call_id: str, name: str, arguments: str) -> ToolDecision:
         view = self.view()
-        decision = self.decider.decide(call_id, name, arguments, view)
+        with self.tracer.start_as_current_span(f"tool_policy {name}") as span:
+            decision = self.decider.decide(call_id, name, arguments, view)
+            span.set_attributes({
+                "gen_ai.tool.name": name, "gen_ai.tool.call.id": call_id, "gen_ai.conversation.id": view.session_id,
+                "sentrail.tool.decision": decision.action, "sentrail.policy.rule": decision.rule,
+                "sentrail.policy.reason": decision.reason, "sentrail.policy.version": decision.policy_version,
+                "sentrail.tenant": self.tenant,
+            })  # fmt: skip
         view.add(PastCall(name, canonical_arguments(arguments), decision.action))  # later calls of the step count it
         if decision.action == "require_approval":
             decision.ticket = self._ticket(call_id, name, arguments, decision)

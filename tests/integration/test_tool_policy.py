@@ -146,3 +146,18 @@ async def test_the_check_api_reads_a_stored_session(make_client):
         )
     assert checked.json()["labels"] == ["untrusted"]
     assert checked.json()["decisions"][0]["action"] == "deny"
+
+
+async def test_every_decision_is_a_span_in_the_request_trace(make_client, spans):
+    engine = ScriptedEngine(calls_chunks(("run_shell", '{"cmd": "ls"}', "call_sh")))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "ls"}], "tools": TOOLS}
+    async with make_client(engine, policies_dir=POLICIES) as client:
+        await client.post(CHAT, json=body, headers={"x-session-id": "traced"})
+    finished = spans.get_finished_spans()
+    (span,) = [s for s in finished if s.name == "tool_policy run_shell"]
+    assert dict(span.attributes) | {"sentrail.policy.version": "v"} == {
+        "gen_ai.tool.name": "run_shell", "gen_ai.tool.call.id": "call_sh", "gen_ai.conversation.id": "traced",
+        "sentrail.tool.decision": "deny", "sentrail.policy.rule": "no-shell", "sentrail.tenant": "dev",
+        "sentrail.policy.reason": "shell access is not allowed for agents", "sentrail.policy.version": "v"}  # fmt: skip
+    engine_span = next(s for s in finished if s.name == f"chat {MODEL}")
+    assert span.context.trace_id == engine_span.context.trace_id
