@@ -1,6 +1,7 @@
 """One real gateway per test session: the Litestar app served by uvicorn on loopback, over a managed
 vLLM server running the embedded SmolLM2 model on CPU. Tests talk to it with the official `openai` client."""
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ def gateway(tmp_path_factory):
     """The product's default path: the embedded Redis (under a fresh data dir) and the embedded model."""
     configure_logging("console", "info", cache=False)
     data_dir = str(tmp_path_factory.mktemp("data"))
-    policies = tmp_path_factory.mktemp("policies")  # the shipped rails plus one deny phrase to test with
+    # the shipped policies, plus one deny phrase and one NeMo Guardrails rail to test with
+    policies = Path(shutil.copytree(ROOT / "policies", tmp_path_factory.mktemp("e2e") / "policies"))
     rails = yaml.safe_load((ROOT / "policies" / "rails.yaml").read_text())
     rails["stages"]["output"].append({"rail": "deny", "keywords": [FORBIDDEN]})
     rails["stages"]["input"].append({"rail": "nemo", "name": "input.nemo_regex", "config": "nemo/regex"})
