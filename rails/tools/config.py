@@ -23,7 +23,7 @@ Action = Literal["allow", "deny", "require_approval"]
 ROOTS = frozenset({"call", "session", "request"})
 FUNCTIONS = frozenset({
     "size", "matches", "startsWith", "endsWith", "contains", "int", "uint", "double", "string", "bool", "bytes",
-    "type", "dyn", "duration", "timestamp", "has", "email_domain", "path_under", "lower",
+    "type", "dyn", "duration", "timestamp", "has", "email_domain", "path_under", "lower", "tool_count",
 })  # fmt: skip
 _BINDER = re.compile(r"\.\s*(?:exists|all|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 _CEL_POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
@@ -72,10 +72,16 @@ class ToolPolicy(msgspec.Struct, frozen=True):
     version: str
     exact: dict[str, list[tuple[int, CompiledRule]]]
     globs: list[tuple[int, CompiledRule]]
+    resolved: dict[str, list[CompiledRule]] = msgspec.field(default_factory=dict)  # tool -> its rules, memoized
 
     def rules_for(self, tool: str) -> list[CompiledRule]:
-        found = self.exact.get(tool, []) + [(i, r) for i, r in self.globs if _glob_match(r.rule.tools, tool)]
-        return [rule for _, rule in sorted(found, key=lambda item: item[0])]
+        rules = self.resolved.get(tool)
+        if rules is None:
+            found = self.exact.get(tool, []) + [(i, r) for i, r in self.globs if _glob_match(r.rule.tools, tool)]
+            rules = [rule for _, rule in sorted(found, key=lambda item: item[0])]
+            if len(self.resolved) < 10_000:  # bounded: tool names come from the model
+                self.resolved[tool] = rules
+        return rules
 
     def labels_for_tool(self, tool: str) -> set[str]:
         return {label for pattern, labels in self.file.labels.tools.items() if fnmatch.fnmatchcase(tool, pattern)

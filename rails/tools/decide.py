@@ -54,6 +54,17 @@ class PastCall:
     name: str
     arguments: str  # canonical JSON
     decision: str
+    _record: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        """As rules see it in `session.calls` (parsed once)."""
+        if self._record is None:
+            try:
+                args = json.loads(self.arguments)
+            except json.JSONDecodeError:
+                args = {"value": self.arguments}
+            self._record = {"name": self.name, "args": args, "decision": self.decision}
+        return self._record
 
 
 @dataclass
@@ -188,11 +199,10 @@ def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: Tool
         "labels": sorted(view.labels),
         "steps": view.steps,
         "call_count": sum(view.tool_counts.values()),
-        "tool_counts": dict(view.tool_counts),
     }
     if with_calls:
         recent = view.calls[-policy.file.history :] if policy.file.history else []
-        session["calls"] = [{"name": c.name, "args": json.loads(c.arguments), "decision": c.decision} for c in recent]
+        session["calls"] = [c.record() for c in recent]
     context = cel.Context({
         "call": {"id": call_id, "name": tool, "args": args if isinstance(args, dict) else {"value": args}},
         "session": session,
@@ -201,6 +211,7 @@ def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: Tool
     context.add_function("email_domain", email_domain)
     context.add_function("path_under", path_under)
     context.add_function("lower", str.lower)
+    context.add_function("tool_count", view.tool_counts.__getitem__)  # a function: no per-call map copy
     return context
 
 

@@ -76,3 +76,31 @@ async def test_an_edit_inside_a_nemo_config_folder_reloads_the_rails(make_client
 
         await wait_for(pears_blocked)
         assert (await client.post(CHAT, json=ask("apples"))).status_code == 200
+
+
+async def test_a_tool_policy_edit_applies_and_a_broken_one_keeps_the_last_good(make_client, tmp_path, logs):
+    from tests.doubles import calls_chunks
+
+    tools = tmp_path / "tools.yaml"
+    await write(tools, "default: deny\n", 1_000_000)
+    engine = ScriptedEngine(calls_chunks(("lookup", "{}", "call_1")))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "look"}]}
+    async with make_client(engine, policies_dir=str(tmp_path), rails_reload_s=0.05) as client:
+
+        async def action() -> str:
+            return (await client.post(CHAT, json=body)).json()["sentrail"]["tool_calls"][0]["action"]
+
+        assert await action() == "deny"
+        await write(tools, "default: allow\n", 1_000_100)
+
+        async def allowed() -> bool:
+            return await action() == "allow"
+
+        await wait_for(allowed)
+        await write(tools, "default: perhaps\n", 1_000_200)
+
+        async def failure_logged() -> bool:
+            return "tool_policy_reload_failed" in logs.getvalue()
+
+        await wait_for(failure_logged)
+        assert await action() == "allow"  # the last good policy still decides
