@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+import msgspec
+
 from gateway.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -93,7 +95,7 @@ class ScriptedEngine:
                 raise self.error
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            yield chunk
+            yield msgspec.convert(msgspec.to_builtins(chunk), ChatCompletionChunk)  # fresh, as an engine's are
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

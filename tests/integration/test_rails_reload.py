@@ -88,7 +88,9 @@ async def test_a_tool_policy_edit_applies_and_a_broken_one_keeps_the_last_good(m
     async with make_client(engine, policies_dir=str(tmp_path), rails_reload_s=0.05) as client:
 
         async def action() -> str:
-            return (await client.post(CHAT, json=body)).json()["sentrail"]["tool_calls"][0]["action"]
+            reply = (await client.post(CHAT, json=body)).json()
+            assert reply["sentrail"], reply
+            return reply["sentrail"]["tool_calls"][0]["action"]
 
         assert await action() == "deny"
         await write(tools, "default: allow\n", 1_000_100)
