@@ -32,7 +32,7 @@ from .guard import Guard, load_rail_set
 from .keys import KeyStore
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
-from .observability import build_tracer_provider
+from .observability import bind_server_span, build_tracer_provider
 from .ratelimit import RateLimiter
 from .redis_server import EmbeddedRedis, connect_redis, write_redis_url
 from .reload import watch_folder
@@ -131,12 +131,15 @@ def create_app(
                 await embedded_redis.stop()
             tracer_provider.shutdown()
 
+    otel = OpenTelemetryConfig(
+        tracer_provider=tracer_provider, exclude_spans=SPAN_NOISE, server_request_hook_handler=bind_server_span
+    )
     app = Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
         # No span per ASGI send/receive: on a stream that would be one span per token.
-        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=tracer_provider, exclude_spans=SPAN_NOISE))],
+        plugins=[OpenTelemetryPlugin(otel)],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
         logging_config=None,

@@ -27,7 +27,7 @@ from .errors import ModelNotFound, describe, sse_error_event
 from .guard import ContentFiltered, Guard, filter_output
 from .keys import KeyRecord
 from .metrics import Metrics
-from .observability import chat_span_attributes
+from .observability import bind_step, chat_span_attributes
 from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage
 from .ratelimit import RateLimiter
 from .sessions import PendingStep, SessionStore, Step, ToolCallRecord
@@ -185,6 +185,7 @@ class ChatService:
         pending = await self.sessions.begin(ctx.key, ctx.session_id, ctx.is_new_session)
         tokens_left = pending.check_budgets(time.time())
         ctx.headers["x-session-id"] = ctx.session_id
+        bind_step(ctx.key.tenant, ctx.session_id)
         decisions: list[Decision] = []
         if self.guard is not None:  # before the engine and the session record see the messages
             try:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 import structlog
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span
 
 from .protocol import ChatCompletionRequest
 
@@ -31,6 +33,7 @@ def configure_logging(
         log_format = "console" if stream.isatty() else "json"
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -58,8 +61,51 @@ def configure_logging(
     logging.getLogger("uvicorn.error").setLevel(numeric)  # ...except the server's own start/stop lines
 
 
+def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: the current span's trace and span ids (hex, as OTLP backends show them)."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event["trace_id"] = format(context.trace_id, "032x")
+        event["span_id"] = format(context.span_id, "016x")
+    return event
+
+
+def bind_server_span(span: Span, _: Any) -> None:
+    """Litestar's server-span hook: the request's trace id goes into the log context, so that the lines
+    logged after the span closed (the access line) carry it too."""
+    context = span.get_span_context()
+    if context.is_valid:
+        structlog.contextvars.bind_contextvars(trace_id=format(context.trace_id, "032x"))
+
+
+class StepAttributes(SpanProcessor):
+    """Every span started inside a request carries its tenant, session (`gen_ai.conversation.id`) and
+    request id, from the log context that the request path binds."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "tenant": "sentrail.tenant", "session_id": "gen_ai.conversation.id", "request_id": "sentrail.request_id"
+    }  # fmt: skip
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        bound = structlog.contextvars.get_contextvars()
+        for key, attribute in self.KEYS.items():
+            if key in bound:
+                span.set_attribute(attribute, bound[key])
+
+
+def bind_step(tenant: str, session_id: str) -> None:
+    """Called once the step's caller and session are known: logs and spans from here on carry them,
+    and so does the request's server span."""
+    structlog.contextvars.bind_contextvars(tenant=tenant, session_id=session_id)
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("sentrail.tenant", tenant)
+        span.set_attribute("gen_ai.conversation.id", session_id)
+
+
 def build_tracer_provider(extra_processors: list[SpanProcessor] | None = None) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    provider.add_span_processor(StepAttributes())
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -130,13 +130,14 @@ class Judge:
                 "sentrail.policy.reason": decision.reason, "sentrail.policy.version": decision.policy_version,
                 "sentrail.tenant": self.tenant,
             })  # fmt: skip
+            if decision.action == "require_approval":
+                decision.ticket = self._ticket(call_id, name, arguments, decision)
+                span.set_attribute("sentrail.approval.ticket", decision.ticket)
+            log.info("tool_call_decided", tool=name, call_id=call_id, action=decision.action, rule=decision.rule,
+                     reason=decision.reason, version=decision.policy_version, ticket=decision.ticket)  # fmt: skip
         view.add(PastCall(name, canonical_arguments(arguments), decision.action))  # later calls of the step count it
-        if decision.action == "require_approval":
-            decision.ticket = self._ticket(call_id, name, arguments, decision)
         self.decisions.append(decision)
         self.arguments[call_id] = arguments
-        log.info("tool_call_decided", tool=name, call_id=call_id, action=decision.action, rule=decision.rule,
-                 reason=decision.reason, policy_version=decision.policy_version)  # fmt: skip
         return decision
 
     def _ticket(self, call_id: str, name: str, arguments: str, decision: ToolDecision) -> str:
