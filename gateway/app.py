@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
@@ -26,6 +27,7 @@ from rails.builtin.nemo import Endpoint, ModelResolver
 from rails.tools.config import load_tool_policy
 
 from .approvals import ApprovalStore
+from .audit import SYSTEM, AuditLog
 from .chat import ChatService
 from .errors import STATUS_ERROR_TYPES, describe, kind_of, to_error_body
 from .guard import Guard, load_rail_set
@@ -103,6 +105,7 @@ def create_app(
     guard = load_guard(settings, tracer, partial(model_endpoint, pool))
     tools = load_tool_guard(settings, tracer)
     approvals = ApprovalStore(redis)
+    audit = AuditLog(redis, Path(settings.audit_jsonl) if settings.audit_jsonl else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -116,7 +119,10 @@ def create_app(
         reloaders = [partial(guard.reload, rails_path(settings), tracer)] if guard is not None else []
         reloaders += [tools.reload] if tools is not None else []
         policies = Path(settings.policies_dir)
-        watchers.append(asyncio.create_task(watch_folder(policies, settings.rails_reload_s, reloaders)))
+        loaded = [g.loaded_event() for g in (guard, tools) if g is not None]
+        await audit.append(SYSTEM, [{**event, "gateway": socket.gethostname()} for event in loaded])
+        record = partial(audit.append, SYSTEM)
+        watchers.append(asyncio.create_task(watch_folder(policies, settings.rails_reload_s, reloaders, record)))
         log.info("gateway_ready", models=pool.model_ids, dev_mode=settings.dev_mode)
         try:
             yield
@@ -149,8 +155,10 @@ def create_app(
         pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()), redis=redis, sessions=sessions,
         redis_url=redis_url,
         key_store=KeyStore(redis, settings.key_cache_s), responses=ResponseStore(redis, settings.session_ttl_s),
-        chat=ChatService(pool, metrics, tracer, sessions, RateLimiter(redis), guard, tools, approvals),
-        approvals=approvals,
+        chat=ChatService(
+            pool, metrics, tracer, sessions, RateLimiter(redis), guard, tools, approvals, audit, settings.audit_content
+        ),
+        approvals=approvals, audit=audit,
     )  # fmt: skip
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
     return app

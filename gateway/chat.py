@@ -23,6 +23,7 @@ from engines.pool import EnginePool
 from rails.pipeline import Decision
 
 from .approvals import ApprovalStore, Ticket
+from .audit import AuditLog, step_events
 from .errors import ModelNotFound, describe, sse_error_event
 from .guard import ContentFiltered, Guard, filter_output
 from .keys import KeyRecord
@@ -89,6 +90,8 @@ class ChatService:
         guard: Guard | None = None,
         tools: ToolGuard | None = None,
         approvals: ApprovalStore | None = None,
+        audit: AuditLog | None = None,
+        audit_content: bool = False,
         provider: str = "vllm",
     ) -> None:
         self.pool = pool
@@ -99,6 +102,8 @@ class ChatService:
         self.guard = guard
         self.tools = tools
         self.approvals = approvals
+        self.audit = audit
+        self.audit_content = audit_content
         self.provider = provider
         self._models = set(pool.model_ids)
 
@@ -237,6 +242,9 @@ class ChatService:
                 arguments = run.judge.arguments.get(decision.call_id, "")  # type: ignore[union-attr]
                 emitted[decision.call_id] = ToolCallRecord(decision.tool, arguments, number, decision.action)
         await self.sessions.commit(pending, step, emitted)
+        if self.audit is not None:  # before the response completes: a client never holds an unaudited answer
+            rails_version = self.guard.rails.version if self.guard is not None else ""
+            await self.audit.append(run.ctx.key.tenant, step_events(run, step, self.audit_content, rails_version))
         await self.limiter.add_tokens(run.ctx.key, usage.total_tokens)
 
     async def _generate(

@@ -14,7 +14,7 @@ import msgspec
 from engines.models import prepare_embedded_model
 from rails.config import RailsConfigError
 
-from . import policy_cli
+from . import audit_cli, policy_cli
 from .observability import configure_logging
 from .settings import ConfigError, Settings, load_settings
 
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     policy = commands.add_parser("policy", help="work with policy files").add_subparsers(dest="action", required=True)
     policy_cli.add_commands(policy, common)
+
+    audit = commands.add_parser("audit", help="read the audit log").add_subparsers(dest="action", required=True)
+    audit_cli.add_commands(audit, common)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", parents=[common], help="create a key for a tenant (the secret is shown once)")
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "policy":
             return asyncio.run(policy_cli.run(settings, args))
+        if args.command == "audit":
+            return asyncio.run(audit_cli.run(settings, args))
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
         print(f"sentrail: {exc}", file=sys.stderr)
@@ -121,6 +126,7 @@ async def connected_redis(settings: Settings) -> AsyncIterator[Any]:
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from .audit import SYSTEM, AuditLog
     from .keys import KeyStore, Limits
 
     async with connected_redis(settings) as redis:
@@ -139,6 +145,9 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             except (msgspec.ValidationError, ValueError) as exc:
                 print(f"sentrail: invalid key: {exc}", file=sys.stderr)
                 return 2
+            await AuditLog(redis).append(SYSTEM, [{"type": "key_created", "key_id": record.key_id,
+                                                   "tenant": record.tenant, "roles": list(record.roles),
+                                                   "models": list(record.models)}])  # fmt: skip
             print(f"key id:  {record.key_id}\ntenant:  {record.tenant}\nroles:   {','.join(record.roles)}")
             print(f"secret:  {secret}")
             print("Store the secret now: it is not kept and cannot be shown again.", file=sys.stderr)
@@ -151,6 +160,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
         async def revoke() -> int:
             if await store.revoke(args.key_id):
+                await AuditLog(redis).append(SYSTEM, [{"type": "key_revoked", "key_id": args.key_id}])
                 print(f"revoked {args.key_id}")
                 return 0
             print(f"sentrail: no key with id {args.key_id!r}", file=sys.stderr)

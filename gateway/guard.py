@@ -11,8 +11,9 @@ import asyncio
 import hashlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import structlog
@@ -54,6 +55,7 @@ class RailSet:
     window: int = 256
     overlap: int = 128
     version: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> SHA-256, for the audit log
 
 
 def load_rail_set(path: Path, tracer: Tracer | None = None, resolve: ModelResolver | None = None) -> RailSet:
@@ -61,12 +63,16 @@ def load_rail_set(path: Path, tracer: Tracer | None = None, resolve: ModelResolv
     the rails file and every NeMo config file it uses."""
     config, rails = load_rails(path, resolve)
     digest = hashlib.sha256()
+    files = {}
     for file in referenced_files(path, config):
-        digest.update(f"{os.path.relpath(file.resolve(), path.parent.resolve())}\0".encode())
-        digest.update(file.read_bytes())
+        name, content = os.path.relpath(file.resolve(), path.parent.resolve()), file.read_bytes()
+        digest.update(f"{name}\0".encode())
+        digest.update(content)
+        files[name] = hashlib.sha256(content).hexdigest()
     version = digest.hexdigest()[:16]
     streaming = config.streaming
-    return RailSet(RailPipeline(rails, tracer), config.refusal, streaming.window, streaming.overlap, version)
+    pipeline = RailPipeline(rails, tracer)
+    return RailSet(pipeline, config.refusal, streaming.window, streaming.overlap, version, files)
 
 
 class Guard:
@@ -91,7 +97,7 @@ class Guard:
             return None
         return OutputFilter(rails.pipeline, rails.window, rails.overlap)
 
-    def reload(self, path: Path, tracer: Tracer | None, grace_s: float = 60.0) -> None:
+    def reload(self, path: Path, tracer: Tracer | None, grace_s: float = 60.0) -> dict[str, Any] | None:
         """A rails file (or NeMo config) that loads replaces the rails; one that does not is logged with
         every error and the last good rails keep serving. Replaced rails are closed after `grace_s`,
         once the steps that started with them are done."""
@@ -99,14 +105,18 @@ class Guard:
             rails = load_rail_set(path, tracer, self.resolve)
         except RailsConfigError as exc:
             log.error("rails_reload_failed", path=str(path), errors=exc.errors, kept=self.rails.version)
-            return
+            return {"type": "policy_reload_failed", "kind": "rails", "errors": exc.errors, "kept": self.rails.version}
         if rails.version == self.rails.version:
-            return
+            return None
         retired, self.rails = self.rails, rails
         log.info("rails_reloaded", path=str(path), version=rails.version)
         task = asyncio.create_task(_close_later(retired, grace_s))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
+        return self.loaded_event("policy_reload")
+
+    def loaded_event(self, kind: str = "policy_loaded") -> dict[str, Any]:
+        return {"type": kind, "kind": "rails", "version": self.rails.version, "files": self.rails.files}
 
     async def aclose(self) -> None:
         for task in list(self._retired):

@@ -4,11 +4,20 @@ reloader (each keeps its last good version when the new files do not load)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+Event = dict[str, Any]
 
 
-async def watch_folder(folder: Path, interval_s: float, reloaders: list[Callable[[], None]]) -> None:
+async def watch_folder(
+    folder: Path,
+    interval_s: float,
+    reloaders: list[Callable[[], Event | None]],
+    record: Callable[[list[Event]], Awaitable[Any]] | None = None,
+) -> None:
+    """`record` receives what each reload reports (new versions and file hashes, or the errors)."""
     seen = signature(folder)
     while True:
         await asyncio.sleep(interval_s)
@@ -16,8 +25,9 @@ async def watch_folder(folder: Path, interval_s: float, reloaders: list[Callable
         if current == seen:
             continue
         seen = current
-        for reload in reloaders:
-            reload()
+        events = [event for reload in reloaders if (event := reload()) is not None]
+        if events and record is not None:
+            await record(events)
 
 
 def signature(folder: Path) -> list[tuple[str, int, int]]:

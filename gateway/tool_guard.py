@@ -9,6 +9,7 @@ ticket. With no call left, `finish_reason` is `content_filter`. Decisions go int
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -61,15 +62,21 @@ class ToolGuard:
         self.path = path
         self.tracer = tracer or NoOpTracer()
 
-    def reload(self) -> None:
+    def reload(self) -> dict[str, Any] | None:
         try:
             policy = load_tool_policy(self.path)
         except RailsConfigError as exc:
             log.error("tool_policy_reload_failed", path=str(self.path), errors=exc.errors, kept=self.policy.version)
-            return
-        if policy.version != self.policy.version:
-            self.policy = policy
-            log.info("tool_policy_reloaded", path=str(self.path), version=policy.version)
+            return {"type": "policy_reload_failed", "kind": "tools", "errors": exc.errors, "kept": self.policy.version}
+        if policy.version == self.policy.version:
+            return None
+        self.policy = policy
+        log.info("tool_policy_reloaded", path=str(self.path), version=policy.version)
+        return self.loaded_event("policy_reload")
+
+    def loaded_event(self, kind: str = "policy_loaded") -> dict[str, Any]:
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest() if self.path.exists() else ""
+        return {"type": kind, "kind": "tools", "version": self.policy.version, "files": {self.path.name: digest}}
 
     def label(self, pending: PendingStep, rail_decisions: list[Decision]) -> None:
         """Labels from this step's tool results (by the tool that produced them) and from rails that

@@ -44,4 +44,9 @@ async def decide_approval(request: Request, ticket: str) -> Ticket:
     decided = await approvals.decide(key.tenant, ticket[:64], body.decision == "approve", key.key_id, body.note)
     log.info("approval_decided", ticket=decided.id, status=decided.status, by=key.key_id, tool=decided.tool,
              session_id=decided.session_id, arguments_sha256=decided.arguments_sha256)  # fmt: skip
+    await request.app.state.audit.append(key.tenant, [{
+        "type": "approval", "ticket": decided.id, "status": decided.status, "by": key.key_id, "note": decided.note,
+        "session_id": decided.session_id, "call_id": decided.call_id, "tool": decided.tool,
+        "arguments_sha256": decided.arguments_sha256, "policy_version": decided.policy_version,
+    }])  # fmt: skip
     return decided

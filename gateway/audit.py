@@ -1,0 +1,198 @@
+"""The audit log: an append-only, hash-chained record per tenant, in a Redis Stream (plus an optional
+JSONL file sink), written before the response that it records completes.
+
+Each record holds `seq` (1, 2, ...), `prev` (the previous record's hash; 64 zeros for the first) and
+`hash` = SHA-256 of the record's canonical JSON without `hash`. Appends are optimistic transactions on
+the tenant's head key (`seq:hash`), so concurrent gateway replicas extend one chain. `verify` recomputes
+the chain and names the first record that was edited, deleted, inserted or reordered. Records carry
+identifiers, decisions, reasons, versions, hashes and counts: no message content unless
+`audit_content` is on, and then only the masked text the session stores.
+
+Keys: `sentrail:audit:{<tenant>}:stream` and `sentrail:audit:{<tenant>}:head` (one hash slot each tenant).
+System events (policy reloads, key changes) go to the `_system` chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import WatchError
+
+log = structlog.get_logger("sentrail.audit")
+GENESIS = "0" * 64
+SYSTEM = "_system"
+
+
+def _stream(tenant: str) -> str:
+    return f"sentrail:audit:{{{tenant}}}:stream"
+
+
+def _head(tenant: str) -> str:
+    return f"sentrail:audit:{{{tenant}}}:head"
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def seal(record: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+class AuditLog:
+    def __init__(self, redis: aioredis.Redis, jsonl: Path | None = None) -> None:
+        self.redis = redis
+        self.jsonl = jsonl
+
+    async def append(self, tenant: str, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Chain `events` (each: `type` plus fields) onto the tenant's log, atomically; the sealed records."""
+        events = list(events)
+        if not events:
+            return []
+        now = time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(_head(tenant))
+                    head = await pipe.get(_head(tenant))
+                    seq, prev = _parse_head(head)
+                    records = []
+                    for event in events:
+                        seq += 1
+                        record = {"seq": seq, "ts": now, "tenant": tenant, **event, "prev": prev}
+                        record["hash"] = prev = seal(record)
+                        records.append(record)
+                    pipe.multi()
+                    for record in records:
+                        pipe.xadd(_stream(tenant), {"r": canonical(record)})
+                    pipe.set(_head(tenant), f"{seq}:{prev}")
+                    await pipe.execute()
+                    break
+                except WatchError:  # another replica appended first: chain onto its record
+                    continue
+        if self.jsonl is not None:
+            await asyncio.to_thread(_append_lines, self.jsonl, b"".join(canonical(r) + b"\n" for r in records))
+        return records
+
+    async def records(self, tenant: str) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
+        """(stream id, record or None when unreadable), oldest first, in pages."""
+        start = "-"
+        while True:
+            page = await self.redis.xrange(_stream(tenant), min=start, count=1000)
+            if not page:
+                return
+            for entry_id, fields in page:
+                try:
+                    record = json.loads(fields[b"r"])
+                except (KeyError, ValueError):
+                    record = None
+                yield entry_id.decode(), record
+            start = "(" + page[-1][0].decode()
+
+    async def verify(self, tenant: str) -> Verdict:
+        expected_seq, prev, count = 1, GENESIS, 0
+        async for entry_id, record in self.records(tenant):
+            count += 1
+            if record is None:
+                return Verdict(False, count, f"record {entry_id} is not readable JSON", entry_id)
+            where = f"record {entry_id} (seq {record.get('seq')})"
+            if record.get("hash") != seal(record):
+                return Verdict(False, count, f"{where} was edited: its hash does not match its content", entry_id)
+            if record.get("seq") != expected_seq or record.get("prev") != prev:
+                what = "is out of order" if record.get("seq", 0) < expected_seq else "follows a deleted record"
+                if record.get("seq") == expected_seq:
+                    what = "does not chain onto the record before it"
+                return Verdict(False, count, f"{where} {what} (expected seq {expected_seq})", entry_id)
+            expected_seq, prev = expected_seq + 1, record["hash"]
+        head_seq, head_hash = _parse_head(await self.redis.get(_head(tenant)))
+        if (head_seq, head_hash) != (expected_seq - 1, prev):
+            return Verdict(False, count, f"the chain ends at seq {expected_seq - 1} but its head says {head_seq}: "
+                           "records were removed from the end", None)  # fmt: skip
+        return Verdict(True, count, f"{count} records, chain intact, head {prev[:16]}", None)
+
+    async def tenants(self) -> list[str]:
+        found = set()
+        async for key in self.redis.scan_iter(match="sentrail:audit:{*}:head", count=1000):
+            found.add(key.decode()[len("sentrail:audit:{") : -len("}:head")])
+        return sorted(found)
+
+
+def _append_lines(path: Path, data: bytes) -> None:
+    with path.open("ab") as sink:
+        sink.write(data)
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    records: int
+    message: str
+    first_bad: str | None
+
+
+def _parse_head(raw: bytes | None) -> tuple[int, str]:
+    if not raw:
+        return 0, GENESIS
+    seq, _, digest = raw.decode().partition(":")
+    return int(seq), digest
+
+
+def step_events(run: Any, step: Any, content: bool, rails_version: str) -> list[dict[str, Any]]:
+    """A chat step as audit events: the request accepted, each rail and tool-policy decision, the result."""
+    ctx, request = run.ctx, run.request
+    base = {"session_id": ctx.session_id, "request_id": ctx.request_id, "trace_id": _trace_id()}
+    accepted: dict[str, Any] = {
+        "type": "request", **base, "api": run.api, "model": request.model, "key_id": ctx.key.key_id,
+        "messages": len(request.messages), "received": len(step.received), "flags": step.flags,
+        "labels_added": step.labels,
+    }  # fmt: skip
+    if content:
+        accepted["content"] = step.received
+    events = [accepted]
+    for decision in step.rails:
+        events.append({"type": "rail", **base, "rail": decision.rail, "stage": decision.stage,
+                       "action": decision.action, "reason": decision.reason, "shadow": decision.shadow,
+                       "rails_version": rails_version})  # fmt: skip
+    for decision in step.tool_calls:
+        events.append({"type": "tool_call", **base, "call_id": decision.call_id, "tool": decision.tool,
+                       "action": decision.action, "rule": decision.rule, "reason": decision.reason,
+                       "policy_version": decision.policy_version, "shadow": decision.shadow,
+                       "ticket": decision.ticket,
+                       "arguments_sha256": _arguments_sha256(run, decision.call_id)})  # fmt: skip
+    emitted = step.emitted
+    result: dict[str, Any] = {
+        "type": "result", **base, "finish_reason": emitted.get("finish_reason"),
+        "tool_calls": [c["id"] for c in emitted.get("tool_calls", ())], "usage": step.usage,
+        "content_sha256": hashlib.sha256(emitted.get("content", "").encode()).hexdigest(),
+    }  # fmt: skip
+    if content:
+        result["content"] = emitted.get("content", "")
+    events.append(result)
+    return events
+
+
+def _arguments_sha256(run: Any, call_id: str) -> str | None:
+    from rails.tools.decide import canonical_arguments
+
+    if run.judge is None or call_id not in run.judge.arguments:
+        return None
+    return hashlib.sha256(canonical_arguments(run.judge.arguments[call_id]).encode()).hexdigest()
+
+
+def _trace_id() -> str | None:
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
