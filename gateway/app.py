@@ -158,7 +158,7 @@ def create_app(
         chat=ChatService(
             pool, metrics, tracer, sessions, RateLimiter(redis), guard, tools, approvals, audit, settings.audit_content
         ),
-        approvals=approvals, audit=audit,
+        approvals=approvals, audit=audit, tracer_provider=tracer_provider,
     )  # fmt: skip
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
     return app

@@ -1,7 +1,10 @@
 """One real gateway per test session: the Litestar app served by uvicorn on loopback, over a managed
 vLLM server running the embedded SmolLM2 model on CPU. Tests talk to it with the official `openai` client."""
 
+import io
+import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +22,7 @@ from engines.process import free_port
 from gateway.app import create_app
 from gateway.observability import configure_logging
 from gateway.settings import load_settings
+from tests.otlp_receiver import OtlpReceiver
 
 STARTUP_TIMEOUT_S = 600
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,11 +30,27 @@ FORBIDDEN = "project nightingale"
 NEMO_DENIED = "launch codes"  # a NeMo Guardrails regex rail on input blocks this
 
 
+class Tee(io.TextIOBase):
+    """Log lines to the console (for whoever reads the test output) and into a buffer (for the tests)."""
+
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+
+    def write(self, text: str) -> int:
+        sys.stderr.write(text)
+        return self.buffer.write(text)
+
+    def isatty(self) -> bool:
+        return False
+
+
 class Gateway:
-    def __init__(self, base_url: str, app, spans: InMemorySpanExporter) -> None:
+    def __init__(self, base_url: str, app, spans: InMemorySpanExporter, otlp: OtlpReceiver, logs: Tee) -> None:
         self.base_url = base_url
         self.app = app
         self.spans = spans
+        self.otlp = otlp
+        self.logs = logs
 
     @property
     def engine_url(self) -> str:
@@ -47,7 +67,9 @@ class Gateway:
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):
     """The product's default path: the embedded Redis (under a fresh data dir) and the embedded model."""
-    configure_logging("console", "info", cache=False)
+    logs = Tee()
+    configure_logging("json", "info", stream=logs, cache=False)
+    otlp = OtlpReceiver()  # the standard OTel variables turn OTLP export on, as in production
     data_dir = str(tmp_path_factory.mktemp("data"))
     # the shipped policies, plus one deny phrase and one NeMo Guardrails rail to test with
     policies = Path(shutil.copytree(ROOT / "policies", tmp_path_factory.mktemp("e2e") / "policies"))
@@ -62,7 +84,11 @@ def gateway(tmp_path_factory):
     settings = load_settings(environ={}, port=free_port(), dev_mode=True, data_dir=data_dir, policies_dir=str(policies))
     prepare_embedded_model(settings.home_path)
     spans = InMemorySpanExporter()
-    app = create_app(settings, span_processors=[SimpleSpanProcessor(spans)])
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp.url
+    try:
+        app = create_app(settings, span_processors=[SimpleSpanProcessor(spans)])
+    finally:
+        del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -73,9 +99,9 @@ def gateway(tmp_path_factory):
         if time.monotonic() > deadline:
             pytest.fail("the gateway did not start in time")
         time.sleep(0.5)
-    yield Gateway(f"http://127.0.0.1:{settings.port}", app, spans)
+    yield Gateway(f"http://127.0.0.1:{settings.port}", app, spans, otlp, logs)
     server.should_exit = True
-    thread.join(timeout=60)
+    thread.join(timeout=60)  # the receiver stays up (a daemon thread) for the exporter's last flush
 
 
 @pytest.fixture(scope="session")
