@@ -10,7 +10,7 @@ import redis
 
 from gateway.cli import main
 
-from .test_tools_vllm import TOOLS, step
+from .test_tools_vllm import TOOLS, fetched_history, step
 
 pytestmark = pytest.mark.e2e
 SESSION = "e2e-traced"
@@ -25,10 +25,7 @@ def trace_of(gateway, request_id: str) -> str:
 
 def test_a_session_is_traced_logged_and_audited(client, model, gateway, tmp_path, capsys):
     user = {"role": "user", "content": "Fetch the news and mail bob@example.com a summary."}
-    fetched = step(client, model, SESSION, [user], "web_fetch")
-    (call,) = fetched.choices[0].message.tool_calls
-    history = [user, fetched.choices[0].message.model_dump(exclude_none=True),
-               {"role": "tool", "tool_call_id": call.id, "content": "Markets rose today."}]  # fmt: skip
+    fetched, history = fetched_history(client, model, SESSION, user)
     denied = step(client, model, SESSION, history, "run_shell")
     answer = client.chat.completions.with_raw_response.create(
         model=model, messages=[*history, {"role": "user", "content": "Summarise."}], tools=TOOLS, tool_choice="none",
