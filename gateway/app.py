@@ -156,7 +156,8 @@ def create_app(
         redis_url=redis_url,
         key_store=KeyStore(redis, settings.key_cache_s), responses=ResponseStore(redis, settings.session_ttl_s),
         chat=ChatService(
-            pool, metrics, tracer, sessions, RateLimiter(redis), guard, tools, approvals, audit, settings.audit_content
+            pool, metrics, tracer, sessions, RateLimiter(redis), guard, tools, approvals, audit,
+            settings.audit_content, settings.trace_content,
         ),
         approvals=approvals, audit=audit, tracer_provider=tracer_provider,
     )  # fmt: skip
@@ -187,7 +188,7 @@ def load_tool_guard(settings: Settings, tracer: Tracer) -> ToolGuard | None:
         return None
     policy = load_tool_policy(path)
     log.info("tool_policy_loaded", path=str(path), version=policy.version)
-    return ToolGuard(policy, path, tracer)
+    return ToolGuard(policy, path, tracer, settings.trace_content)
 
 
 def model_endpoint(pool: EnginePool, model_id: str) -> Endpoint | None:

@@ -36,6 +36,7 @@ from .streaming import DONE, Accumulator, prepend, sse_event
 from .tool_guard import Judge, ToolGuard, judge_tool_calls
 
 log = structlog.get_logger("sentrail.chat")
+_encoder = msgspec.json.Encoder()
 
 
 @dataclass
@@ -92,6 +93,7 @@ class ChatService:
         approvals: ApprovalStore | None = None,
         audit: AuditLog | None = None,
         audit_content: bool = False,
+        trace_content: bool = False,
         provider: str = "vllm",
     ) -> None:
         self.pool = pool
@@ -104,6 +106,7 @@ class ChatService:
         self.approvals = approvals
         self.audit = audit
         self.audit_content = audit_content
+        self.trace_content = trace_content
         self.provider = provider
         self._models = set(pool.model_ids)
 
@@ -168,7 +171,13 @@ class ChatService:
             await self._commit(step)
             return
         output = self.guard.output_filter() if self.guard is not None else None
-        async with aclosing(self._generate(step.request, step.ctx.request_id)) as chunks:
+
+        def capture(span: Span) -> None:  # what the client received: after output rails and tool policy
+            message = step.accumulator.result(step.request.model).choices[0].message
+            span.set_attribute("gen_ai.output.messages", _encoder.encode([message]).decode())
+
+        before_end = capture if self.trace_content else None
+        async with aclosing(self._generate(step.request, step.ctx.request_id, before_end)) as chunks:
             stream: AsyncIterator[ChatCompletionChunk] = chunks
             if output is not None:
                 stream = filter_output(stream, output, self.guard.refusal)  # type: ignore[union-attr]
@@ -248,7 +257,7 @@ class ChatService:
         await self.limiter.add_tokens(run.ctx.key, usage.total_tokens)
 
     async def _generate(
-        self, request: ChatCompletionRequest, request_id: str
+        self, request: ChatCompletionRequest, request_id: str, before_end: Callable[[Span], None] | None = None
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """One engine call: a slot from the pool, a `chat {model}` span, usage metrics, abort on early exit."""
         model = request.model
@@ -258,6 +267,8 @@ class ChatService:
             )
             span.set_attribute("sentrail.engine", engine.name)
             span.set_attribute("sentrail.request_id", request_id)
+            if self.trace_content:  # the request as the engine got it: after the masking rails
+                span.set_attribute("gen_ai.input.messages", _encoder.encode(request.messages).decode())
             stream = engine.generate(request, request_id)
             started = time.perf_counter()
             first = True
@@ -286,6 +297,8 @@ class ChatService:
                     if not finished:
                         await engine.abort(request_id)
                         log.info("engine_request_aborted", engine=engine.name)
+                if before_end is not None and finished:
+                    before_end(span)
                 span.end()
 
     def _observe(self, chunk: ChatCompletionChunk, span: Span) -> None:

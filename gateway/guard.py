@@ -71,7 +71,7 @@ def load_rail_set(path: Path, tracer: Tracer | None = None, resolve: ModelResolv
         files[name] = hashlib.sha256(content).hexdigest()
     version = digest.hexdigest()[:16]
     streaming = config.streaming
-    pipeline = RailPipeline(rails, tracer)
+    pipeline = RailPipeline(rails, tracer, version)
     return RailSet(pipeline, config.refusal, streaming.window, streaming.overlap, version, files)
 
 

@@ -63,6 +63,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     key_cache_s: Annotated[float, Meta(ge=0)] = 5.0  # how long a looked-up API key is trusted in-process
     audit_jsonl: str = ""  # also append every audit record to this JSONL file
     audit_content: bool = False  # audit records carry the (masked) message text
+    trace_content: bool = False  # engine spans carry the (masked) messages in and out
 
     @property
     def home_path(self) -> Path:

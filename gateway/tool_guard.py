@@ -57,10 +57,13 @@ class DecidedChunk(ChatCompletionChunk):
 class ToolGuard:
     """The tool policy in force; replaced whole on reload (a step keeps the one it started with)."""
 
-    def __init__(self, policy: ToolPolicy, path: Path, tracer: Tracer | None = None) -> None:
+    def __init__(
+        self, policy: ToolPolicy, path: Path, tracer: Tracer | None = None, trace_content: bool = False
+    ) -> None:
         self.policy = policy
         self.path = path
         self.tracer = tracer or NoOpTracer()
+        self.trace_content = trace_content  # tool-policy spans carry the proposed arguments
 
     def reload(self) -> dict[str, Any] | None:
         try:
@@ -95,7 +98,9 @@ class ToolGuard:
     def judge(
         self, request: ChatCompletionRequest, pending: PendingStep, tenant: str, approvals: ApprovalStore | None
     ) -> Judge:
-        return Judge(self.policy, request, pending, tenant, approvals, self.tracer)
+        judge = Judge(self.policy, request, pending, tenant, approvals, self.tracer)
+        judge.trace_content = self.trace_content
+        return judge
 
 
 class Judge:
@@ -119,6 +124,7 @@ class Judge:
         self.arguments: dict[str, str] = {}  # call id -> the arguments proposed
         self.approvals = approvals
         self.tracer = tracer or NoOpTracer()
+        self.trace_content = False
         self.tickets: list[Ticket] = []  # issued this step, saved before the client hears of them
         self._view: SessionView | None = None
 
@@ -137,6 +143,8 @@ class Judge:
                 "sentrail.policy.reason": decision.reason, "sentrail.policy.version": decision.policy_version,
                 "sentrail.tenant": self.tenant,
             })  # fmt: skip
+            if self.trace_content:
+                span.set_attribute("gen_ai.tool.call.arguments", arguments)
             if decision.action == "require_approval":
                 decision.ticket = self._ticket(call_id, name, arguments, decision)
                 span.set_attribute("sentrail.approval.ticket", decision.ticket)

@@ -53,8 +53,9 @@ class StageResult:
 
 
 class RailPipeline:
-    def __init__(self, rails: Sequence[Configured], tracer: Tracer | None = None) -> None:
+    def __init__(self, rails: Sequence[Configured], tracer: Tracer | None = None, version: str = "") -> None:
         self.tracer = tracer or NoOpTracer()
+        self.version = version  # the rails set's version, on every span
         self.by_stage: dict[Stage, list[Configured]] = {stage: [] for stage in Stage}
         for configured in rails:
             self.by_stage[configured.rail.stage].append(configured)
@@ -104,6 +105,8 @@ class RailPipeline:
         rail = configured.rail
         with self.tracer.start_as_current_span(f"apply_guardrail {rail.name}") as span:
             span.set_attribute("gen_ai.guardrail.name", rail.name)
+            span.set_attribute("gen_ai.guardrail.policy.id", "rails.yaml")
+            span.set_attribute("gen_ai.guardrail.policy.version", self.version)
             span.set_attribute("sentrail.rail.stage", stage.value)
             try:
                 verdict = await asyncio.wait_for(rail.check(content), configured.timeout_s)

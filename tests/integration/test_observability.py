@@ -7,6 +7,8 @@ from tests.doubles import ScriptedEngine, calls_chunks
 
 from .conftest import MODEL
 
+MAIL = {"model": MODEL, "messages": [{"role": "user", "content": "mail bob@example.com"}]}
+
 
 async def test_log_lines_and_spans_of_a_step_share_ids(make_client, logs, spans):
     engine = ScriptedEngine(calls_chunks(("lookup", "{}", "call_1")))
@@ -33,3 +35,21 @@ async def test_log_lines_and_spans_of_a_step_share_ids(make_client, logs, spans)
     decided = next(line for line in lines if line["event"] == "tool_call_decided")
     tool_span = next(s for s in mine if s.name == "tool_policy lookup")
     assert decided["span_id"] == format(tool_span.context.span_id, "016x")
+
+
+async def test_content_is_not_traced_by_default(make_client, spans):
+    async with make_client() as client:
+        await client.post("/v1/chat/completions", json=MAIL)
+    (plain,) = [s for s in spans.get_finished_spans() if s.name == f"chat {MODEL}"]
+    assert "gen_ai.input.messages" not in plain.attributes and "gen_ai.output.messages" not in plain.attributes
+
+
+async def test_traced_content_is_what_passed_the_rails(make_client, spans):
+    async with make_client(trace_content=True) as client:
+        await client.post("/v1/chat/completions", json=MAIL)
+    (traced,) = [s for s in spans.get_finished_spans() if s.name == f"chat {MODEL}"]
+    sent = json.loads(traced.attributes["gen_ai.input.messages"])
+    assert sent == [{"role": "user", "content": "mail [EMAIL]"}]
+    assert json.loads(traced.attributes["gen_ai.output.messages"])[0]["content"] == "Hello world"
+    guard_span = next(s for s in spans.get_finished_spans() if s.name == "apply_guardrail input.pii")
+    assert guard_span.attributes["gen_ai.guardrail.policy.version"]
