@@ -7,7 +7,7 @@ EXTRAS ?= cpu,model,test
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install model serve test lint bench clean
+.PHONY: install model browser serve test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ model: install
 serve: install
 	$(BIN)/sentrail serve --dev
 
-test: model
+# The review page's test drives Debian's Chromium headless (no browser download at test time).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test: model browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

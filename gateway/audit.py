@@ -176,6 +176,7 @@ def step_events(run: Any, step: Any, content: bool, rails_version: str) -> list[
         "type": "result", **base, "finish_reason": emitted.get("finish_reason"),
         "tool_calls": [c["id"] for c in emitted.get("tool_calls", ())], "usage": step.usage,
         "content_sha256": hashlib.sha256(emitted.get("content", "").encode()).hexdigest(),
+        "timings": step.timings,
     }  # fmt: skip
     if content:
         result["content"] = emitted.get("content", "")

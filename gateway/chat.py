@@ -48,6 +48,11 @@ class StepContext:
     session_id: str
     is_new_session: bool
     headers: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    marks: dict[str, float] = field(default_factory=dict)  # phase -> ms since started (the review waterfall)
+
+    def mark(self, phase: str) -> None:
+        self.marks[phase] = round((time.perf_counter() - self.started) * 1000, 3)
 
 
 @dataclass
@@ -78,6 +83,11 @@ async def chat_events(step: StepRun, chunks: AsyncIterator[ChatCompletionChunk])
             chunk.usage = None
         yield sse_event(chunk)
     yield DONE
+
+
+def _commit_marks(ctx: StepContext) -> dict[str, float]:
+    ctx.mark("done")
+    return dict(ctx.marks)
 
 
 class ChatService:
@@ -177,7 +187,7 @@ class ChatService:
             span.set_attribute("gen_ai.output.messages", _encoder.encode([message]).decode())
 
         before_end = capture if self.trace_content else None
-        async with aclosing(self._generate(step.request, step.ctx.request_id, before_end)) as chunks:
+        async with aclosing(self._generate(step.request, step.ctx, before_end)) as chunks:
             stream: AsyncIterator[ChatCompletionChunk] = chunks
             if output is not None:
                 stream = filter_output(stream, output, self.guard.refusal)  # type: ignore[union-attr]
@@ -200,6 +210,7 @@ class ChatService:
         tokens_left = pending.check_budgets(time.time())
         ctx.headers["x-session-id"] = ctx.session_id
         bind_step(ctx.key.tenant, ctx.session_id)
+        ctx.mark("admitted")
         decisions: list[Decision] = []
         if self.guard is not None:  # before the engine and the session record see the messages
             try:
@@ -210,6 +221,7 @@ class ChatService:
                 await self._commit(step)
                 raise
         pending.observe(request)
+        ctx.mark("input_rails")
         judge, delivered = None, None
         if self.tools is not None:
             self.tools.label(pending, decisions)
@@ -244,6 +256,7 @@ class ChatService:
             rails=run.decisions,
             tool_calls=run.judge.decisions if run.judge is not None else [],
             labels=sorted(pending.new_labels),
+            timings=_commit_marks(run.ctx),
         )
         emitted = {c.id: ToolCallRecord(c.function.name, c.function.arguments, number) for c in calls}
         for decision in run.judge.decisions if run.judge is not None else ():
@@ -257,10 +270,10 @@ class ChatService:
         await self.limiter.add_tokens(run.ctx.key, usage.total_tokens)
 
     async def _generate(
-        self, request: ChatCompletionRequest, request_id: str, before_end: Callable[[Span], None] | None = None
+        self, request: ChatCompletionRequest, ctx: StepContext, before_end: Callable[[Span], None] | None = None
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """One engine call: a slot from the pool, a `chat {model}` span, usage metrics, abort on early exit."""
-        model = request.model
+        model, request_id = request.model, ctx.request_id
         async with self.pool.acquire(model) as engine:
             span = self.tracer.start_span(
                 f"chat {model}", kind=SpanKind.CLIENT, attributes=chat_span_attributes(request, self.provider)
@@ -278,6 +291,7 @@ class ChatService:
                     if first:
                         first = False
                         ttft = time.perf_counter() - started
+                        ctx.mark("first_token")
                         self.metrics.ttft.labels(model).observe(ttft)
                         span.set_attribute("gen_ai.response.id", chunk.id)
                         span.set_attribute("gen_ai.response.model", chunk.model)
@@ -286,6 +300,7 @@ class ChatService:
                     self._observe(chunk, span)
                     yield chunk
                 finished = True
+                ctx.mark("engine_done")
             except BaseException as exc:
                 error_type = describe(exc)[0] if isinstance(exc, Exception) else "cancelled"
                 span.set_status(Status(StatusCode.ERROR, error_type))

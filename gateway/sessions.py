@@ -54,6 +54,7 @@ class Step(msgspec.Struct):
     rails: list[Decision] = []  # every rail decision of the step, with its reason
     tool_calls: list[Any] = []  # every tool-policy decision of the step (ToolDecision)
     labels: list[str] = []  # labels this step added to the session
+    timings: dict[str, float] = {}  # phase -> ms since the request arrived (admitted, input_rails, first_token...)
 
 
 class SessionState(msgspec.Struct):

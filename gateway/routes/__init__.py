@@ -5,11 +5,13 @@ from .chat import chat_completions
 from .health import live, metrics, ready
 from .models import get_model, list_models
 from .responses import create_response, delete_response, get_response
+from .review import audit_session, audit_sessions, review_page
 from .sessions import delete_session, get_session, list_sessions
 from .tools import check_tool_calls
 
 ROUTES = [
     chat_completions, create_response, get_response, delete_response, list_models, get_model,
     list_sessions, get_session, delete_session, list_approvals, get_approval, decide_approval, check_tool_calls,
+    review_page, audit_sessions, audit_session,
     live, ready, metrics,
 ]  # fmt: skip
