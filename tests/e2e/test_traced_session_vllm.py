@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from gateway.cli import main
+from gateway.observability import configure_logging
 
 from .test_tools_vllm import TOOLS, fetched_history, step
 
@@ -24,6 +25,7 @@ def trace_of(gateway, request_id: str) -> str:
 
 
 def test_a_session_is_traced_logged_and_audited(client, model, gateway, tmp_path, capsys):
+    configure_logging("json", "info", stream=gateway.logs, cache=False)  # CLI runs in other tests reconfigure it
     user = {"role": "user", "content": "Fetch the news and mail bob@example.com a summary."}
     fetched, history = fetched_history(client, model, SESSION, user)
     denied = step(client, model, SESSION, history, "run_shell")
