@@ -1,12 +1,19 @@
 """Models -> replicas, with admission control: bounded concurrency per replica, a bounded wait, and a
-fast `Overloaded` beyond it (never an unbounded queue). Routing is least-outstanding among healthy
-replicas.
+fast `Overloaded` beyond it (never an unbounded queue).
+
+Routing: a session's steps go to the same healthy replica while it has room (rendezvous hashing on
+the session id, so the engine's prefix cache holds the session's history); otherwise, and for
+requests without a session, to the least-loaded healthy replica. Health: active checks (`readiness`)
+plus passive tracking: `FAILURES_TO_OPEN` consecutive failures take a replica out (circuit open)
+until a health check passes. Managed engines whose process died are restarted with exponential
+backoff (`supervise`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,12 +24,21 @@ from .base import Engine, EngineUnavailable, Overloaded
 log = structlog.get_logger("sentrail.pool")
 
 
+Names = frozenset[str] | set[str]  # engine names
+FAILURES_TO_OPEN = 3
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
 @dataclass(eq=False)
 class Replica:
     engine: Engine
     max_concurrency: int
     inflight: int = 0
     healthy: bool = True
+    failures: int = 0  # consecutive; FAILURES_TO_OPEN opens the circuit
+    errors: int = 0
+    restarts: int = 0
+    restarting: asyncio.Task | None = None
 
 
 @dataclass(eq=False)
@@ -66,18 +82,71 @@ class EnginePool:
                 log.warning("engine_stop_failed", error=repr(result))
 
     async def readiness(self) -> dict[str, bool]:
-        """Per model: does at least one replica pass its health check now."""
+        """Per model: does at least one replica pass its health check now. A passing check closes an
+        open circuit; a failing one opens it."""
         for model in self._models.values():
             checks = await asyncio.gather(*(r.engine.check_health() for r in model.replicas))
             for replica, ok in zip(model.replicas, checks, strict=True):
+                if ok and not replica.healthy:
+                    log.info("engine_back", engine=replica.engine.name)
                 replica.healthy = ok
+                replica.failures = 0 if ok else replica.failures
+            if any(r.healthy for r in model.replicas):
+                async with model.changed:
+                    model.changed.notify_all()
         return {name: any(r.healthy for r in m.replicas) for name, m in self._models.items()}
 
+    def supervise(self) -> None:
+        """Restart managed engines whose process died, with exponential backoff (not while stopping)."""
+        for model in self._models.values():
+            for replica in model.replicas:
+                exited = getattr(replica.engine, "exited", None)
+                if exited is not None and exited() and replica.restarting is None:
+                    replica.healthy = False
+                    delay = RESTART_BACKOFF_S[min(replica.restarts, len(RESTART_BACKOFF_S) - 1)]
+                    replica.restarting = asyncio.create_task(self._restart(replica, delay))
+
+    async def _restart(self, replica: Replica, delay_s: float) -> None:
+        log.warning("engine_restarting", engine=replica.engine.name, in_s=delay_s, restarts=replica.restarts)
+        try:
+            await asyncio.sleep(delay_s)
+            replica.restarts += 1
+            await replica.engine.stop()
+            await replica.engine.start()
+            replica.failures, replica.healthy = 0, True
+            log.info("engine_restarted", engine=replica.engine.name, restarts=replica.restarts)
+        except Exception as exc:
+            log.error("engine_restart_failed", engine=replica.engine.name, error=repr(exc))
+        finally:
+            replica.restarting = None
+
+    def failed(self, engine: Engine) -> None:
+        """Passive health: an engine failed a request (unreachable, crashed, broke off a stream)."""
+        replica = self._replica(engine)
+        replica.errors += 1
+        replica.failures += 1
+        if replica.failures >= FAILURES_TO_OPEN and replica.healthy:
+            replica.healthy = False
+            log.warning("engine_circuit_open", engine=engine.name, failures=replica.failures)
+
+    def succeeded(self, engine: Engine) -> None:
+        self._replica(engine).failures = 0
+
+    def has_other(self, model_id: str, tried: set[str]) -> bool:
+        """Is there a healthy replica of the model not in `tried` (engine names)?"""
+        return any(r.healthy and r.engine.name not in tried for r in self._models[model_id].replicas)
+
+    def _replica(self, engine: Engine) -> Replica:
+        return next(r for m in self._models.values() for r in m.replicas if r.engine is engine)
+
     @contextlib.asynccontextmanager
-    async def acquire(self, model_id: str) -> AsyncIterator[Engine]:
-        """Hold a slot on the least-loaded healthy replica of `model_id` for the block's duration."""
+    async def acquire(
+        self, model_id: str, affinity: str | None = None, exclude: Names = frozenset()
+    ) -> AsyncIterator[Engine]:
+        """Hold a slot for the block's duration: on the session's replica (`affinity`) when it is healthy
+        and has room, else on the least-loaded healthy replica; never on engines named in `exclude`."""
         model = self._models[model_id]
-        replica = await self._admit(model, model_id)
+        replica = await self._admit(model, model_id, affinity, exclude)
         try:
             yield replica.engine
         finally:
@@ -85,20 +154,22 @@ class EnginePool:
             async with model.changed:
                 model.changed.notify()
 
-    async def _admit(self, model: _Model, model_id: str) -> Replica:
-        replica = _pick(model)
+    async def _admit(self, model: _Model, model_id: str, affinity: str | None, exclude: Names) -> Replica:
+        replica = _pick(model, affinity, exclude)
         if replica is not None:
             replica.inflight += 1
             return replica
-        if not any(r.healthy for r in model.replicas):
+        if not any(r.healthy and r.engine.name not in exclude for r in model.replicas):
             raise EngineUnavailable(f"no healthy engine for model {model_id!r}")
         if model.waiting >= self.max_waiting:
             raise Overloaded(f"model {model_id!r} is at capacity; retry shortly")
         model.waiting += 1
         try:
             async with model.changed:
-                await asyncio.wait_for(model.changed.wait_for(lambda: _pick(model) is not None), self.wait_timeout_s)
-                replica = _pick(model)
+                await asyncio.wait_for(
+                    model.changed.wait_for(lambda: _pick(model, affinity, exclude) is not None), self.wait_timeout_s
+                )
+                replica = _pick(model, affinity, exclude)
                 assert replica is not None
                 replica.inflight += 1
                 return replica
@@ -114,7 +185,25 @@ class EnginePool:
             for name, m in self._models.items()
         }
 
+    def replicas(self) -> dict[str, Replica]:
+        """Engine name -> its replica state (in flight, health, errors, restarts), for metrics."""
+        return {r.engine.name: r for m in self._models.values() for r in m.replicas}
 
-def _pick(model: _Model) -> Replica | None:
-    open_replicas = [r for r in model.replicas if r.healthy and r.inflight < r.max_concurrency]
-    return min(open_replicas, key=lambda r: r.inflight / r.max_concurrency, default=None)
+
+def _pick(model: _Model, affinity: str | None = None, exclude: Names = frozenset()) -> Replica | None:
+    open_replicas = [
+        r for r in model.replicas if r.healthy and r.inflight < r.max_concurrency and r.engine.name not in exclude
+    ]
+    if not open_replicas:
+        return None
+    if affinity is not None:
+        healthy = [r for r in model.replicas if r.healthy and r.engine.name not in exclude]
+        home = max(healthy, key=lambda r: _score(affinity, r.engine.name))
+        if home in open_replicas:
+            return home
+    return min(open_replicas, key=lambda r: r.inflight / r.max_concurrency)
+
+
+def _score(key: str, name: str) -> bytes:
+    """Rendezvous hashing: each session ranks the replicas the same way on every gateway replica."""
+    return hashlib.blake2b(f"{key}\0{name}".encode(), digest_size=8).digest()

@@ -78,6 +78,10 @@ class VllmServerEngine(OpenAIEngine):
             await asyncio.sleep(0.5)
         log.info("engine_ready", engine=self.name, seconds=round(time.monotonic() - started, 1))
 
+    def exited(self) -> bool:
+        """The child died on its own (not stopped by us): the pool restarts it."""
+        return self._process is not None and self._process.returncode is not None
+
     async def check_health(self) -> bool:
         if self._process is None or self._process.returncode is not None:
             return False

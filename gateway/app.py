@@ -213,6 +213,7 @@ async def _watch_health(pool: EnginePool) -> None:
     while True:
         await asyncio.sleep(HEALTH_INTERVAL_S)
         try:
+            pool.supervise()
             await pool.readiness()
         except Exception as exc:  # a failing check must never stop the watcher
             log.warning("health_check_failed", error=repr(exc))

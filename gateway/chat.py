@@ -19,6 +19,7 @@ import msgspec
 import structlog
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from engines.base import EngineUnavailable
 from engines.pool import EnginePool
 from rails.pipeline import Decision
 
@@ -272,9 +273,28 @@ class ChatService:
     async def _generate(
         self, request: ChatCompletionRequest, ctx: StepContext, before_end: Callable[[Span], None] | None = None
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """The engine's chunks for the step. An engine that fails before its first chunk is reported to the
+        pool and the request goes to another healthy replica; after the first chunk, the error stands."""
+        tried: set[str] = set()
+        while True:
+            retry: list[bool] = []
+            async with aclosing(self._call(request, ctx, before_end, tried, retry)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            if not retry:
+                return
+
+    async def _call(
+        self,
+        request: ChatCompletionRequest,
+        ctx: StepContext,
+        before_end: Callable[[Span], None] | None,
+        tried: set[str],
+        retry: list[bool],
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """One engine call: a slot from the pool, a `chat {model}` span, usage metrics, abort on early exit."""
         model, request_id = request.model, ctx.request_id
-        async with self.pool.acquire(model) as engine:
+        async with self.pool.acquire(model, ctx.session_id, tried) as engine:
             span = self.tracer.start_span(
                 f"chat {model}", kind=SpanKind.CLIENT, attributes=chat_span_attributes(request, self.provider)
             )
@@ -293,18 +313,28 @@ class ChatService:
                         ttft = time.perf_counter() - started
                         ctx.mark("first_token")
                         self.metrics.ttft.labels(model).observe(ttft)
+                        self.metrics.engine_ttft.labels(engine.name).observe(ttft)
                         span.set_attribute("gen_ai.response.id", chunk.id)
                         span.set_attribute("gen_ai.response.model", chunk.model)
                         span.set_attribute("sentrail.time_to_first_chunk_s", ttft)
                     chunk.model = model
-                    self._observe(chunk, span)
+                    self._observe(chunk, span, engine.name)
                     yield chunk
                 finished = True
                 ctx.mark("engine_done")
+                self.pool.succeeded(engine)
             except BaseException as exc:
                 error_type = describe(exc)[0] if isinstance(exc, Exception) else "cancelled"
                 span.set_status(Status(StatusCode.ERROR, error_type))
                 span.set_attribute("error.type", error_type)
+                if isinstance(exc, EngineUnavailable):
+                    self.pool.failed(engine)
+                    self.metrics.engine_errors.labels(engine.name).inc()
+                    tried.add(engine.name)
+                    if first and self.pool.has_other(model, tried):  # nothing sent yet: another replica
+                        log.warning("engine_failover", engine=engine.name, error=str(exc))
+                        retry.append(True)
+                        return
                 raise
             finally:
                 with anyio.CancelScope(shield=True):  # cleanup must run even while being cancelled
@@ -316,7 +346,7 @@ class ChatService:
                     before_end(span)
                 span.end()
 
-    def _observe(self, chunk: ChatCompletionChunk, span: Span) -> None:
+    def _observe(self, chunk: ChatCompletionChunk, span: Span, engine: str) -> None:
         for choice in chunk.choices:
             if choice.finish_reason is not None:
                 span.set_attribute("gen_ai.response.finish_reasons", (choice.finish_reason,))
@@ -326,3 +356,4 @@ class ChatService:
             span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
             self.metrics.tokens.labels(chunk.model, "input").inc(usage.prompt_tokens)
             self.metrics.tokens.labels(chunk.model, "output").inc(usage.completion_tokens)
+            self.metrics.engine_tokens.labels(engine).inc(usage.completion_tokens)

@@ -35,5 +35,18 @@ class Metrics:
             "sentrail_engine_requests_waiting", "Requests waiting for a slot", ["model"], registry=r
         )
 
+        engine = ["engine"]
+        self.engine_ttft = Histogram(
+            "sentrail_engine_time_to_first_token_seconds", "Time to first chunk per engine", engine,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.engine_tokens = Counter("sentrail_engine_output_tokens", "Output tokens per engine", engine, registry=r)
+        self.engine_errors = Counter(
+            "sentrail_engine_errors", "Requests an engine failed (unreachable, crashed)", engine, registry=r
+        )
+        self.engine_restarts = Gauge("sentrail_engine_restarts", "Restarts of a managed engine", engine, registry=r)
+        self.engine_busy = Gauge("sentrail_engine_in_flight", "Requests in flight per engine", engine, registry=r)
+        self.engine_up = Gauge("sentrail_engine_healthy", "1 when the engine takes requests", engine, registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,4 +32,8 @@ async def metrics(request: Request) -> bytes:
     for model, load in pool.load().items():
         m.engine_inflight.labels(model).set(load["inflight"])
         m.engine_waiting.labels(model).set(load["waiting"])
+    for name, replica in pool.replicas().items():
+        m.engine_busy.labels(name).set(replica.inflight)
+        m.engine_up.labels(name).set(int(replica.healthy))
+        m.engine_restarts.labels(name).set(replica.restarts)
     return m.render()

@@ -7,6 +7,7 @@ import pytest
 import redis.asyncio as aioredis
 from opentelemetry.trace import NoOpTracer
 
+from engines.base import EngineUnavailable
 from engines.pool import EnginePool
 from gateway.chat import ChatService, StepContext
 from gateway.errors import ClientDisconnected
@@ -24,10 +25,10 @@ async def make_service(redis_server):
     redis_server.flush()
     clients = []
 
-    def make(engine: ScriptedEngine) -> tuple[ChatService, EnginePool]:
+    def make(*engines: ScriptedEngine) -> tuple[ChatService, EnginePool]:
         client = aioredis.Redis.from_url(redis_server.url)
         clients.append(client)
-        pool = EnginePool({"m": [(engine, 1)]})
+        pool = EnginePool({"m": [(engine, 1) for engine in engines]})
         return ChatService(pool, Metrics(), NoOpTracer(), SessionStore(client, 3600), RateLimiter(client)), pool
 
     yield make
@@ -92,3 +93,23 @@ async def test_plain_response_is_returned_when_the_client_stays(make_service):
 
     result = await until_disconnect(service.complete(request, ctx("req-4")), receive)
     assert result.choices[0].message.content == "Hello world"
+
+
+async def test_an_engine_that_fails_before_its_first_chunk_is_failed_over(make_service):
+    broken = ScriptedEngine(fail_at=0, error=EngineUnavailable("connection refused"), name="broken")
+    service, pool = make_service(broken, ScriptedEngine(name="well"))
+    for number in range(12):  # whichever replica a session lands on, the answer comes from the healthy one
+        completion = await service.complete(ChatCompletionRequest(model="m", messages=[UserMessage("hi")]),
+                                            ctx(f"fo-{number}"))  # fmt: skip
+        assert completion.choices[0].message.content == "Hello world"
+    assert pool.replicas()["broken"].errors >= 1
+
+
+async def test_an_engine_that_fails_mid_stream_is_not_retried(make_service):
+    halfway = ScriptedEngine(fail_at=2, error=EngineUnavailable("engine died"), name="halfway")
+    spare = ScriptedEngine(name="spare")
+    service, pool = make_service(halfway, spare)
+    pool.replicas()["spare"].healthy = False  # route the first attempt to the failing replica
+    with pytest.raises(EngineUnavailable):
+        await service.complete(ChatCompletionRequest(model="m", messages=[UserMessage("hi")]), ctx("mid"))
+    assert spare.requests == []

@@ -3,7 +3,7 @@ import asyncio
 import pytest
 
 from engines.base import EngineUnavailable, Overloaded
-from engines.pool import EnginePool
+from engines.pool import FAILURES_TO_OPEN, EnginePool
 from tests.doubles import ScriptedEngine
 
 
@@ -59,3 +59,57 @@ async def test_unhealthy_replicas_are_skipped_and_reported():
     with pytest.raises(EngineUnavailable):
         async with pool.acquire("n"):
             pass
+
+
+async def test_a_session_sticks_to_its_replica_while_it_has_room():
+    engines = [ScriptedEngine(name=f"e{i}") for i in range(3)]
+    pool = EnginePool({"m": [(e, 2) for e in engines]})
+    homes = set()
+    for _ in range(5):
+        async with pool.acquire("m", affinity="session-42") as engine:
+            homes.add(engine.name)
+    assert len(homes) == 1
+    spread = set()
+    for session in range(30):
+        async with pool.acquire("m", affinity=f"s{session}") as engine:
+            spread.add(engine.name)
+    assert spread == {"e0", "e1", "e2"}  # sessions spread over the replicas
+    (home,) = homes
+    async with pool.acquire("m", affinity="session-42"), pool.acquire("m", affinity="session-42"):
+        async with pool.acquire("m", affinity="session-42") as third:  # its replica is full: least loaded
+            assert third.name != home
+
+
+async def test_consecutive_failures_open_the_circuit_until_a_health_check_passes():
+    flaky, steady = ScriptedEngine(name="flaky"), ScriptedEngine(name="steady")
+    pool = EnginePool({"m": [(flaky, 4), (steady, 4)]})
+    for _ in range(FAILURES_TO_OPEN):
+        pool.failed(flaky)
+    assert not pool.replicas()["flaky"].healthy
+    for _ in range(4):
+        async with pool.acquire("m") as engine:
+            assert engine.name == "steady"
+    assert await pool.readiness() == {"m": True}  # the check passes: back in rotation
+    assert pool.replicas()["flaky"].healthy and pool.replicas()["flaky"].failures == 0
+
+
+async def test_a_dead_managed_engine_is_restarted_with_backoff(monkeypatch):
+    monkeypatch.setattr("engines.pool.RESTART_BACKOFF_S", (0.01,))
+
+    class Crashing(ScriptedEngine):
+        dead = True
+
+        def exited(self) -> bool:
+            return self.dead
+
+        async def start(self) -> None:
+            self.dead = False
+            await super().start()
+
+    engine = Crashing(name="crashy")
+    pool = EnginePool({"m": [(engine, 1)]})
+    pool.supervise()
+    assert not pool.replicas()["crashy"].healthy
+    await asyncio.sleep(0.1)
+    replica = pool.replicas()["crashy"]
+    assert replica.restarts == 1 and replica.healthy and engine.stopped and engine.started
