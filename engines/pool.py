@@ -33,6 +33,7 @@ RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 class Replica:
     engine: Engine
     max_concurrency: int
+    weight: float = 1.0  # the share of requests it takes relative to its model's other replicas
     inflight: int = 0
     healthy: bool = True
     failures: int = 0  # consecutive; FAILURES_TO_OPEN opens the circuit
@@ -51,13 +52,11 @@ class _Model:
 class EnginePool:
     def __init__(
         self,
-        models: Mapping[str, Sequence[tuple[Engine, int]]],
+        models: Mapping[str, Sequence[tuple[Engine, int] | tuple[Engine, int, float]]],
         max_waiting: int = 64,
         wait_timeout_s: float = 30.0,
     ) -> None:
-        self._models = {
-            model: _Model([Replica(engine, limit) for engine, limit in engines]) for model, engines in models.items()
-        }
+        self._models = {model: _Model([Replica(*spec) for spec in engines]) for model, engines in models.items()}
         self.max_waiting = max_waiting
         self.wait_timeout_s = wait_timeout_s
 
@@ -201,7 +200,7 @@ def _pick(model: _Model, affinity: str | None = None, exclude: Names = frozenset
         home = max(healthy, key=lambda r: _score(affinity, r.engine.name))
         if home in open_replicas:
             return home
-    return min(open_replicas, key=lambda r: r.inflight / r.max_concurrency)
+    return min(open_replicas, key=lambda r: (r.inflight / r.weight, r.inflight / r.max_concurrency))
 
 
 def _score(key: str, name: str) -> bytes:

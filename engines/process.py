@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 
@@ -15,6 +16,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def parse_cpus(spec: str) -> set[int]:
+    """`"0"`, `"0-3"`, `"0,2,4-5"` -> CPU ids; ValueError on anything else."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        low, _, high = part.strip().partition("-")
+        first, last = int(low), int(high or low)
+        if first < 0 or last < first:
+            raise ValueError(f"bad CPU range {part!r}")
+        cpus.update(range(first, last + 1))
+    return cpus
+
+
+def child_setup(cpus: set[int] | None = None):
+    """`preexec_fn`: die with the parent, and run on `cpus` only when given."""
+
+    def setup() -> None:
+        die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 def die_with_parent() -> None:

@@ -19,7 +19,7 @@ import httpx
 import structlog
 
 from .base import EngineUnavailable
-from .process import die_with_parent, free_port
+from .process import child_setup, free_port, parse_cpus
 from .remote import OpenAIEngine
 
 log = structlog.get_logger("sentrail.engine")
@@ -39,6 +39,8 @@ class VllmServerEngine(OpenAIEngine):
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         startup_timeout_s: float = 600.0,
+        cpus: str | None = None,
+        gpus: str | None = None,
     ) -> None:
         self.port = port or free_port()
         super().__init__(name, f"http://127.0.0.1:{self.port}", served_model_name)
@@ -46,6 +48,11 @@ class VllmServerEngine(OpenAIEngine):
         self.extra_args = extra_args
         self.env = env or {}
         self.startup_timeout_s = startup_timeout_s
+        self.cpus = parse_cpus(cpus) if cpus else None  # pinned: the child and its threads run on these only
+        if cpus:  # vLLM's CPU backend binds its OpenMP threads to these cores
+            self.env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpus)
+        if gpus is not None:
+            self.env.setdefault("CUDA_VISIBLE_DEVICES", gpus)
         self._process: asyncio.subprocess.Process | None = None
         self._log_task: asyncio.Task[None] | None = None
 
@@ -66,7 +73,7 @@ class VllmServerEngine(OpenAIEngine):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
-            preexec_fn=die_with_parent,
+            preexec_fn=child_setup(self.cpus),
         )
         self._log_task = asyncio.create_task(self._pump_logs(self._process))
         while not await self.check_health():

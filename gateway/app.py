@@ -49,14 +49,14 @@ HEALTH_INTERVAL_S = 5.0
 SPAN_NOISE: list[Literal["receive", "send"]] = ["receive", "send"]
 
 
-def build_engines(settings: Settings) -> dict[str, list[tuple[Engine, int]]]:
+def build_engines(settings: Settings) -> dict[str, list[tuple[Engine, int, float]]]:
     """Settings -> engine objects (not started). The embedded model is prepared on first use."""
-    models: dict[str, list[tuple[Engine, int]]] = {}
+    models: dict[str, list[tuple[Engine, int, float]]] = {}
     for model in settings.models:
-        engines: list[tuple[Engine, int]] = []
+        engines: list[tuple[Engine, int, float]] = []
         for index, spec in enumerate(model.engines):
             name = f"{model.id}#{index}"
-            engines.append((_engine(name, model.id, spec, settings), spec.max_concurrency))
+            engines.append((_engine(name, model.id, spec, settings), spec.max_concurrency, spec.weight))
         models[model.id] = engines
     return models
 
@@ -68,7 +68,9 @@ def _engine(name: str, model_id: str, spec: EngineSettings, settings: Settings) 
             raise ValueError(f"engine {name}: kind 'remote' needs a url")
         return OpenAIEngine(name, spec.url, upstream, api_key=spec.api_key)
     path = spec.model_path or str(embedded_model_dir(settings.home_path))
-    return VllmServerEngine(name, path, upstream, spec.port, spec.args, dict(spec.env), spec.startup_timeout_s)
+    return VllmServerEngine(
+        name, path, upstream, spec.port, spec.args, dict(spec.env), spec.startup_timeout_s, spec.cpus, spec.gpus
+    )
 
 
 def handle_exception(request: Request, exc: Exception) -> Response:
@@ -88,7 +90,7 @@ def handle_exception(request: Request, exc: Exception) -> Response:
 
 def create_app(
     settings: Settings,
-    engines: Mapping[str, Sequence[tuple[Engine, int]]] | None = None,
+    engines: Mapping[str, Sequence[tuple[Engine, int] | tuple[Engine, int, float]]] | None = None,
     span_processors: list[SpanProcessor] | None = None,
 ) -> Litestar:
     pool = EnginePool(engines or build_engines(settings), settings.max_waiting, settings.wait_timeout_s)

@@ -34,7 +34,10 @@ class EngineSettings(Struct, frozen=True, forbid_unknown_fields=True):
     args: tuple[str, ...] = ()  # vllm: extra `vllm serve` arguments
     env: dict[str, str] = {}  # vllm: extra environment for the child process
     max_concurrency: Annotated[int, Meta(ge=1)] = 32
+    weight: Annotated[float, Meta(gt=0)] = 1.0  # routing share relative to the model's other engines
     startup_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
+    cpus: Annotated[str, Meta(pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")] | None = None  # vllm: pin, e.g. "0" or "0-3"
+    gpus: str | None = None  # vllm: CUDA_VISIBLE_DEVICES for the child, e.g. "0" or "0,1"
 
 
 class ModelSettings(Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,9 +1,11 @@
 import asyncio
+import contextlib
 
 import pytest
 
 from engines.base import EngineUnavailable, Overloaded
 from engines.pool import FAILURES_TO_OPEN, EnginePool
+from engines.process import parse_cpus
 from tests.doubles import ScriptedEngine
 
 
@@ -113,3 +115,17 @@ async def test_a_dead_managed_engine_is_restarted_with_backoff(monkeypatch):
     await asyncio.sleep(0.1)
     replica = pool.replicas()["crashy"]
     assert replica.restarts == 1 and replica.healthy and engine.stopped and engine.started
+
+
+async def test_weights_share_the_load():
+    big, small = ScriptedEngine(name="big"), ScriptedEngine(name="small")
+    pool = EnginePool({"m": [(big, 30, 2.0), (small, 30, 1.0)]})
+    async with contextlib.AsyncExitStack() as stack:
+        names = [(await stack.enter_async_context(pool.acquire("m"))).name for _ in range(9)]
+    assert (names.count("big"), names.count("small")) == (6, 3)
+
+
+def test_cpu_pinning_specs():
+    assert parse_cpus("0") == {0} and parse_cpus("0-2,5") == {0, 1, 2, 5}
+    with pytest.raises(ValueError):
+        parse_cpus("3-1")
