@@ -75,6 +75,9 @@ class EnginePool:
         await asyncio.gather(*(engine.start() for engine in self.engines()))
 
     async def stop(self) -> None:
+        for replica in self.replicas().values():
+            if replica.restarting is not None:
+                replica.restarting.cancel()
         results = await asyncio.gather(*(engine.stop() for engine in self.engines()), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

@@ -60,12 +60,19 @@ class OpenAIEngine:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=connect_timeout_s)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=timeout, limits=limits, transport=transport
-        )
+        self._client_options = {
+            "base_url": self.base_url, "headers": headers, "timeout": timeout, "limits": limits, "transport": transport
+        }  # fmt: skip
+        self._client = httpx.AsyncClient(**self._client_options)
         self._streams: dict[str, httpx.Response] = {}
 
+    def _open_client(self) -> None:
+        """A stopped engine that is started again (a restart) gets a fresh connection pool."""
+        if self._client.is_closed:
+            self._client = httpx.AsyncClient(**self._client_options)
+
     async def start(self) -> None:
+        self._open_client()
         if not await self.check_health():
             log.warning("engine_not_healthy_at_start", engine=self.name, url=self.base_url)
 

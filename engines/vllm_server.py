@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -27,6 +28,11 @@ log = structlog.get_logger("sentrail.engine")
 # Flags every managed engine gets: eager mode (compiled bf16 gave wrong greedy output on CPU and starts
 # 3x slower) and the hermes tool-call parser that SmolLM2-style chat templates need.
 BASE_ARGS = ("--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 class VllmServerEngine(OpenAIEngine):
@@ -64,6 +70,7 @@ class VllmServerEngine(OpenAIEngine):
         ]  # fmt: skip
 
     async def start(self) -> None:
+        self._open_client()
         env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1", **os.environ, **self.env}
         log.info("engine_starting", engine=self.name, port=self.port, model=self.model_path)
         started = time.monotonic()
@@ -74,6 +81,7 @@ class VllmServerEngine(OpenAIEngine):
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             preexec_fn=child_setup(self.cpus),
+            start_new_session=True,  # its own process group: vLLM's worker processes go with it on stop
         )
         self._log_task = asyncio.create_task(self._pump_logs(self._process))
         while not await self.check_health():
@@ -99,18 +107,25 @@ class VllmServerEngine(OpenAIEngine):
         return response.status_code == 200
 
     async def stop(self) -> None:
+        """Drain and stop the server and every process of its group: after a crash of the server, its
+        worker processes may still be running (and holding its output pipe); they are killed too."""
         process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-            log.info("engine_stopped", engine=self.name, code=process.returncode)
+        if process is not None:
+            if process.returncode is None:
+                _signal_group(process.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), timeout=20)
+                except TimeoutError:
+                    _signal_group(process.pid, signal.SIGKILL)
+                    await process.wait()
+                log.info("engine_stopped", engine=self.name, code=process.returncode)
+            _signal_group(process.pid, signal.SIGKILL)  # leftovers of a crashed server
         if self._log_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._log_task
+            try:
+                await asyncio.wait_for(self._log_task, timeout=5)
+            except (TimeoutError, asyncio.CancelledError):
+                self._log_task.cancel()
+            self._log_task = None
         await super().stop()
 
     async def _pump_logs(self, process: asyncio.subprocess.Process) -> None:
