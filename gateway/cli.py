@@ -85,7 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=30, lifespan="on",
+        timeout_graceful_shutdown=settings.drain_s, lifespan="on",
     )  # fmt: skip
     server = uvicorn.Server(config)
     server.run()

@@ -64,6 +64,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     dev_mode: bool = False  # no API keys; every request is tenant "dev". Refused unless bound to loopback
     session_ttl_s: Annotated[int, Meta(ge=60)] = 7 * 24 * 3600  # idle sessions expire after this
     key_cache_s: Annotated[float, Meta(ge=0)] = 5.0  # how long a looked-up API key is trusted in-process
+    drain_s: Annotated[float, Meta(ge=0)] = 30.0  # on SIGTERM: how long open requests and streams may finish
     audit_jsonl: str = ""  # also append every audit record to this JSONL file
     audit_content: bool = False  # audit records carry the (masked) message text
     trace_content: bool = False  # engine spans carry the (masked) messages in and out
