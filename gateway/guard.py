@@ -52,7 +52,7 @@ class RailSet:
 
     pipeline: RailPipeline
     refusal: str = "I can't help with that."
-    window: int = 256
+    window: int = 64
     overlap: int = 128
     version: str = ""
     files: dict[str, str] = field(default_factory=dict)  # relative path -> SHA-256, for the audit log
@@ -170,7 +170,7 @@ class OutputFilter:
     a blocked phrase or a maskable entity up to `overlap` characters long never reaches the client
     in part, however the engine splits it. `flush` checks and releases the rest at the end."""
 
-    def __init__(self, pipeline: RailPipeline, window: int = 256, overlap: int = 128) -> None:
+    def __init__(self, pipeline: RailPipeline, window: int = 64, overlap: int = 128) -> None:
         self.pipeline = pipeline
         self.window = window
         self.overlap = overlap

@@ -76,7 +76,7 @@ class StreamingSpec(msgspec.Struct, forbid_unknown_fields=True):
     """Output rails on streams: text is checked in windows of `window` characters and the last
     `overlap` characters are held back; a phrase or entity up to `overlap` long never leaks in part."""
 
-    window: Annotated[int, msgspec.Meta(ge=1)] = 256
+    window: Annotated[int, msgspec.Meta(ge=1)] = 64
     overlap: Annotated[int, msgspec.Meta(ge=0)] = 128
 
 
