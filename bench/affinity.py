@@ -5,7 +5,7 @@ then runs S concurrent sessions of K sequential steps each, in two modes interle
 a, b): (a) with `X-Session-Id`, so a session's steps stay on one engine whose prefix cache holds its
 history; (b) without one, so every step is routed as a new session. Each step resends the whole
 conversation: a ~1500-token system prompt, then per step a user turn with ~200 tokens of tool output
-and the previous answers. Prompts start with "Run r<round><mode> session <s>." so no prefix is shared
+and the previous answers. Prompts start with "Run r<round><mode>-s<session>." so no prefix is shared
 across sessions, rounds or modes. Reports p50/p99 TTFT of steps >= 2, p50 TTFT of step 1, mean total
 latency and the engines' prefix cache hits/queries per mode. Figures only: nothing here asserts.
 
@@ -101,7 +101,7 @@ def engine_counters(ports: list[int]) -> list[dict[str, float]]:
 
 def run_round(url: str, ports: list[int], tag: str, sessions: int, steps: int, affinity: bool) -> tuple[list, list]:
     async def go() -> list[list[tuple]]:
-        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=sessions)) as client:
+        async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=sessions)) as client:
             return await asyncio.gather(
                 *(session(client, url, f"{tag}-s{s}", steps, affinity) for s in range(sessions))
             )
@@ -114,9 +114,10 @@ def run_round(url: str, ports: list[int], tag: str, sessions: int, steps: int, a
 
 
 def vllm_pids() -> set[str]:
-    """vLLM servers and their EngineCore/Worker children (which rename themselves VLLM::...)."""
-    found = subprocess.run(["pgrep", "-f", "vllm.entrypoints|VLLM::"], capture_output=True, text=True)
-    return set(found.stdout.split())
+    """Live (not zombie) vLLM servers and their EngineCore/Worker children (renamed VLLM::...)."""
+    ps = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout.splitlines()
+    rows = [line.split(None, 2) for line in ps]
+    return {r[0] for r in rows if len(r) == 3 and "Z" not in r[1] and ("vllm.entrypoints" in r[2] or "VLLM::" in r[2])}
 
 
 def start_gateway(port: int, engine_ports: list[int], data_dir: str) -> subprocess.Popen[bytes]:
@@ -126,7 +127,8 @@ def start_gateway(port: int, engine_ports: list[int], data_dir: str) -> subproce
     config.write_text(f"port: {port}\nlog_level: warning\ndev_mode: true\ndata_dir: {data_dir}\n"
                       f"models:\n  - id: {MODEL}\n    engines:\n{engines}")  # fmt: skip
     command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(Path(data_dir) / "gateway.log", "wb") as log:  # warnings and errors, for a failed run
+        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def figures(records: list[tuple], deltas: list[list[dict[str, float]]]) -> dict[str, float]:
@@ -169,7 +171,8 @@ def main() -> None:
 
     started, vllm_before = time.monotonic(), vllm_pids()
     port, engine_ports = free_port(), [free_port(), free_port()]
-    process = start_gateway(port, engine_ports, tempfile.mkdtemp(prefix="sentrail-affinity-"))
+    data_dir = tempfile.mkdtemp(prefix="sentrail-affinity-")
+    process = start_gateway(port, engine_ports, data_dir)
     records: dict[str, list] = {"a": [], "b": []}
     deltas: dict[str, list] = {"a": [], "b": []}
     try:
@@ -184,10 +187,16 @@ def main() -> None:
                 records[mode] += got
                 deltas[mode].append(delta)
                 print(f"round {r} {MODES[mode]}: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    except BaseException:
+        print(f"failed; the gateway's log: {data_dir}/gateway.log", file=sys.stderr)
+        raise
     finally:
         process.terminate()
         process.wait(timeout=300)  # drain, then each engine stops (freeing ~3 GB can be slow)
-    left = sorted(vllm_pids() - vllm_before)
+    for _ in range(30):  # engines' workers may take a few seconds more to exit
+        if not (left := sorted(vllm_pids() - vllm_before)):
+            break
+        time.sleep(1)
     elapsed = time.monotonic() - started
     report = (
         f"`{' '.join(['.venv/bin/python', 'bench/affinity.py', *sys.argv[1:]])}` on "

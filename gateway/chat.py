@@ -294,7 +294,8 @@ class ChatService:
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """One engine call: a slot from the pool, a `chat {model}` span, usage metrics, abort on early exit."""
         model, request_id = request.model, ctx.request_id
-        async with self.pool.acquire(model, ctx.session_id, tried) as engine:
+        affinity = None if ctx.is_new_session else ctx.session_id  # a minted id: least loaded, not a random hash
+        async with self.pool.acquire(model, affinity, tried) as engine:
             span = self.tracer.start_span(
                 f"chat {model}", kind=SpanKind.CLIENT, attributes=chat_span_attributes(request, self.provider)
             )
