@@ -99,17 +99,7 @@ _BUILDERS: dict[type, Callable[[Any, str, Stage], Any]] = {
 def load_rails(path: Path, resolve: ModelResolver | None = None) -> tuple[RailsConfig, list[Configured]]:
     """Parse, validate and build; raise `RailsConfigError` listing every problem with file:line.
     `resolve` maps Sentrail model ids to engine endpoints for LLM-backed NeMo rails."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RailsConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise RailsConfigError([f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    node, raw = read_yaml(path)
     errors: list[str] = []
     stages = raw.get("stages") if isinstance(raw, dict) else None
     stages = stages if isinstance(stages, dict) else {}
@@ -153,6 +143,20 @@ def load_rails(path: Path, resolve: ModelResolver | None = None) -> tuple[RailsC
     if errors:
         raise RailsConfigError(errors)
     return config, rails
+
+
+def read_yaml(path: Path) -> tuple[Any, Any]:
+    """(node tree for line numbers, parsed data); `RailsConfigError` with file:line when unreadable."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RailsConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        return yaml.compose(text), yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise RailsConfigError([f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
 
 
 def _entry_error(path: Path, node: Any, stage: Stage, index: int, exc: Exception) -> str:

@@ -17,7 +17,7 @@ import cel
 import msgspec
 import yaml
 
-from ..config import RailsConfigError, _line, _path_of
+from ..config import RailsConfigError, _line, _path_of, read_yaml
 
 Action = Literal["allow", "deny", "require_approval"]
 ROOTS = frozenset({"call", "session", "request"})
@@ -101,17 +101,7 @@ def _is_glob(pattern: str) -> bool:
 
 def load_tool_policy(path: Path) -> ToolPolicy:
     """Parse, validate, compile; raise `RailsConfigError` listing every problem with file:line."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RailsConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise RailsConfigError([f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    node, raw = read_yaml(path)
     errors: list[str] = []
     rules = raw.get("rules") if isinstance(raw, dict) else None
     compiled: list[CompiledRule | None] = []

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import yaml
 
-from ..config import RailsConfigError, _line, _path_of
+from ..config import RailsConfigError, _line, _path_of, read_yaml
 from .config import ToolPolicy
 from .decide import Decider, PastCall, SessionView, ToolDecision, canonical_arguments
 
@@ -51,11 +50,7 @@ class Failure(msgspec.Struct):
 
 def load_cases(path: Path) -> tuple[CaseFile, Any]:
     """The cases and the YAML node tree (for lines); `RailsConfigError` with file:line on a bad file."""
-    try:
-        text = path.read_text()
-        node, raw = yaml.compose(text), yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as exc:
-        raise RailsConfigError([f"{path}: cannot load: {exc}"]) from None
+    node, raw = read_yaml(path)
     try:
         return msgspec.convert(raw, CaseFile), node
     except msgspec.ValidationError as exc:
