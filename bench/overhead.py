@@ -5,7 +5,11 @@ streaming chat requests directly to vLLM and through Sentrail, alternating round
 machine state, at concurrency 1 and 16. Prints p50/p99 latency, p50/p99 time to first token and
 output tokens/s for both, and the ratio Sentrail/direct. Figures only: nothing here asserts.
 
-    .venv/bin/python bench/overhead.py [--requests 48] [--max-tokens 64] [--rounds 2]
+    .venv/bin/python bench/overhead.py [--requests 48] [--max-tokens 64] [--rounds 2] [--pin]
+
+`--pin` (needs 2+ cores) runs the engine on the last core and the gateway and this load generator on
+the others, so that the gateway's work never takes CPU from the engine: at saturation the engine's
+core is the bottleneck and the ratio of output tokens/s is the gateway's cost in throughput.
 """
 
 from __future__ import annotations
@@ -108,10 +112,11 @@ def merge(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
 
 
-def start_gateway(port: int, engine_port: int) -> subprocess.Popen[bytes]:
+def start_gateway(port: int, engine_port: int, engine_cpus: str | None) -> subprocess.Popen[bytes]:
     config = Path(tempfile.mkdtemp()) / "bench.yaml"
+    pin = f", cpus: '{engine_cpus}'" if engine_cpus else ""
     config.write_text(f"port: {port}\nlog_level: warning\ndev_mode: true\nmodels:\n  - id: {MODEL}\n    engines:\n"
-                      f"      - {{kind: vllm, port: {engine_port}, max_concurrency: 64}}\n")  # fmt: skip
+                      f"      - {{kind: vllm, port: {engine_port}, max_concurrency: 64{pin}}}\n")  # fmt: skip
     env = {**os.environ, "SENTRAIL_LOG_FORMAT": "json"}
     command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -148,10 +153,18 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--pin", action="store_true", help="engine on the last core, everything else on the rest")
     args = parser.parse_args()
 
+    cores = sorted(os.sched_getaffinity(0))
+    engine_cpus = None
+    if args.pin:
+        if len(cores) < 2:
+            sys.exit("--pin needs at least 2 cores")
+        engine_cpus = str(cores[-1])
+        os.sched_setaffinity(0, cores[:-1])  # the gateway (a child of this process) inherits it
     port, engine_port = free_port(), free_port()
-    process = start_gateway(port, engine_port)
+    process = start_gateway(port, engine_port, engine_cpus)
     try:
         wait_ready(f"http://127.0.0.1:{port}/v1/health/ready", process)
         direct_url = f"http://127.0.0.1:{engine_port}/v1/chat/completions"
@@ -170,12 +183,17 @@ def main() -> None:
     report = (
         f"Streaming chat, {args.requests} requests x {args.rounds} rounds per mode, max_tokens={args.max_tokens}, "
         f"temperature 0, model {MODEL} on vLLM CPU (eager); "
-        f"client, gateway and engine share {os.cpu_count()} cores.\n\n" + table(rows)
+        + (
+            f"engine pinned to core {engine_cpus}, gateway and client on cores {','.join(map(str, cores[:-1]))}.\n\n"
+            if engine_cpus
+            else f"client, gateway and engine share {len(cores)} cores.\n\n"
+        )
+        + table(rows)
     )
     print(report)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "overhead.md").write_text(report + "\n")
+    (out / ("overhead_pinned.md" if args.pin else "overhead.md")).write_text(report + "\n")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class EnginePool:
         self._models = {model: _Model([Replica(*spec) for spec in engines]) for model, engines in models.items()}
         self.max_waiting = max_waiting
         self.wait_timeout_s = wait_timeout_s
+        self._notifying: set[asyncio.Task[None]] = set()
 
     @property
     def model_ids(self) -> list[str]:
@@ -136,7 +137,7 @@ class EnginePool:
 
     def has_other(self, model_id: str, tried: set[str]) -> bool:
         """Is there a healthy replica of the model not in `tried` (engine names)?"""
-        return any(r.healthy and r.engine.name not in tried for r in self._models[model_id].replicas)
+        return _serving(self._models[model_id], tried)
 
     def _replica(self, engine: Engine) -> Replica:
         return next(r for m in self._models.values() for r in m.replicas if r.engine is engine)
@@ -153,32 +154,53 @@ class EnginePool:
             yield replica.engine
         finally:
             replica.inflight -= 1
-            async with model.changed:
-                model.changed.notify()
+            await self._notify(model)
 
     async def _admit(self, model: _Model, model_id: str, affinity: str | None, exclude: Names) -> Replica:
         replica = _pick(model, affinity, exclude)
         if replica is not None:
             replica.inflight += 1
             return replica
-        if not any(r.healthy and r.engine.name not in exclude for r in model.replicas):
+        if not _serving(model, exclude):
             raise EngineUnavailable(f"no healthy engine for model {model_id!r}")
         if model.waiting >= self.max_waiting:
             raise Overloaded(f"model {model_id!r} is at capacity; retry shortly")
+        taken: list[Replica] = []
+
+        def take() -> bool:
+            """Check and take a slot in one step: nothing else runs between the two."""
+            free = _pick(model, affinity, exclude)
+            if free is not None:
+                free.inflight += 1
+                taken.append(free)
+            return free is not None or not _serving(model, exclude)
+
         model.waiting += 1
         try:
-            async with model.changed:
-                await asyncio.wait_for(
-                    model.changed.wait_for(lambda: _pick(model, affinity, exclude) is not None), self.wait_timeout_s
-                )
-                replica = _pick(model, affinity, exclude)
-                assert replica is not None
-                replica.inflight += 1
-                return replica
-        except TimeoutError:
-            raise Overloaded(f"model {model_id!r} stayed at capacity for {self.wait_timeout_s:.0f} s") from None
+            async with asyncio.timeout(self.wait_timeout_s), model.changed:
+                await model.changed.wait_for(take)
+        except BaseException as exc:
+            if taken:  # the wait ended (a timeout, a cancel) just as a slot was taken: give it back
+                self._release(model, taken.pop())
+            if isinstance(exc, TimeoutError):
+                raise Overloaded(f"model {model_id!r} stayed at capacity for {self.wait_timeout_s:.0f} s") from None
+            raise
         finally:
             model.waiting -= 1
+        if not taken:
+            raise EngineUnavailable(f"no healthy engine for model {model_id!r}")
+        return taken[0]
+
+    def _release(self, model: _Model, replica: Replica) -> None:
+        replica.inflight -= 1
+        task = asyncio.get_running_loop().create_task(self._notify(model))
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self, model: _Model) -> None:
+        """Wake every waiter: each checks for itself (its own excluded engines, its session's engine)."""
+        async with model.changed:
+            model.changed.notify_all()
 
     def load(self) -> dict[str, dict[str, int]]:
         """In-flight and waiting per model, for metrics."""
@@ -190,6 +212,10 @@ class EnginePool:
     def replicas(self) -> dict[str, Replica]:
         """Engine name -> its replica state (in flight, health, errors, restarts), for metrics."""
         return {r.engine.name: r for m in self._models.values() for r in m.replicas}
+
+
+def _serving(model: _Model, exclude: Names) -> bool:
+    return any(r.healthy and r.engine.name not in exclude for r in model.replicas)
 
 
 def _pick(model: _Model, affinity: str | None = None, exclude: Names = frozenset()) -> Replica | None:

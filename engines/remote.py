@@ -52,13 +52,16 @@ class OpenAIEngine:
         api_key: str | None = None,
         connect_timeout_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        read_timeout_s: float = 120.0,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.upstream_model = upstream_model
         self.api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        timeout = httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=connect_timeout_s)
+        # read: the longest silence allowed from a working engine (before the first token, between chunks);
+        # past it the request fails (and fails over when nothing was streamed yet) instead of hanging
+        timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=connect_timeout_s)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         self._client_options = {
             "base_url": self.base_url, "headers": headers, "timeout": timeout, "limits": limits, "transport": transport

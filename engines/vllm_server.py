@@ -47,9 +47,10 @@ class VllmServerEngine(OpenAIEngine):
         startup_timeout_s: float = 600.0,
         cpus: str | None = None,
         gpus: str | None = None,
+        read_timeout_s: float = 120.0,
     ) -> None:
         self.port = port or free_port()
-        super().__init__(name, f"http://127.0.0.1:{self.port}", served_model_name)
+        super().__init__(name, f"http://127.0.0.1:{self.port}", served_model_name, read_timeout_s=read_timeout_s)
         self.model_path = model_path
         self.extra_args = extra_args
         self.env = env or {}
@@ -71,7 +72,13 @@ class VllmServerEngine(OpenAIEngine):
 
     async def start(self) -> None:
         self._open_client()
-        env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1", **os.environ, **self.env}
+        env = {
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "PYTHONUNBUFFERED": "1",
+            **os.environ,
+            "VLLM_CONFIGURE_LOGGING": "1",
+            **self.env,
+        }
         log.info("engine_starting", engine=self.name, port=self.port, model=self.model_path)
         started = time.monotonic()
         self._process = await asyncio.create_subprocess_exec(

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Tracer
 
 from engines.base import Engine
+from engines.inprocess import InProcessVllmEngine
 from engines.models import embedded_model_dir, is_prepared, prepare_embedded_model
 from engines.pool import EnginePool
 from engines.remote import OpenAIEngine
@@ -64,13 +65,15 @@ def build_engines(settings: Settings) -> dict[str, list[tuple[Engine, int, float
 def _engine(name: str, model_id: str, spec: EngineSettings, settings: Settings) -> Engine:
     upstream = spec.upstream_model or model_id
     if spec.kind == "remote":
-        if not spec.url:
-            raise ValueError(f"engine {name}: kind 'remote' needs a url")
-        return OpenAIEngine(name, spec.url, upstream, api_key=spec.api_key)
+        assert spec.url  # load_settings checked it
+        return OpenAIEngine(name, spec.url, upstream, api_key=spec.api_key, read_timeout_s=spec.read_timeout_s)
     path = spec.model_path or str(embedded_model_dir(settings.home_path))
+    if spec.kind == "inprocess":
+        return InProcessVllmEngine(name, path, upstream, spec.args, spec.read_timeout_s)
     return VllmServerEngine(
-        name, path, upstream, spec.port, spec.args, dict(spec.env), spec.startup_timeout_s, spec.cpus, spec.gpus
-    )
+        name, path, upstream, spec.port, spec.args, dict(spec.env), spec.startup_timeout_s, spec.cpus, spec.gpus,
+        spec.read_timeout_s,
+    )  # fmt: skip
 
 
 def handle_exception(request: Request, exc: Exception) -> Response:
@@ -194,16 +197,17 @@ def load_tool_guard(settings: Settings, tracer: Tracer) -> ToolGuard | None:
 
 
 def model_endpoint(pool: EnginePool, model_id: str) -> Endpoint | None:
-    """Where LLM-backed rails reach a Sentrail model: the OpenAI-compatible surface of its first engine."""
+    """Where LLM-backed rails reach a Sentrail model: the OpenAI-compatible surface of its first engine
+    with a network address (an in-process engine has none)."""
     for engine in pool.engines_of(model_id):
         base_url = getattr(engine, "base_url", None)
-        if base_url:
+        if base_url and not isinstance(engine, InProcessVllmEngine):
             return Endpoint(f"{base_url}/v1", engine.upstream_model, engine.api_key)
     return None
 
 
 async def _prepare_embedded(settings: Settings) -> None:
-    uses_embedded = any(e.kind == "vllm" and not e.model_path for m in settings.models for e in m.engines)
+    uses_embedded = any(e.kind != "remote" and not e.model_path for m in settings.models for e in m.engines)
     if uses_embedded and not is_prepared(embedded_model_dir(settings.home_path)):
         await asyncio.to_thread(
             prepare_embedded_model, settings.home_path, False, lambda m: log.info("model_prepare", step=m)

@@ -23,19 +23,21 @@ class ConfigError(ValueError):
 
 
 class EngineSettings(Struct, frozen=True, forbid_unknown_fields=True):
-    """One replica. `kind: vllm` runs a managed vLLM server; `kind: remote` uses an OpenAI-compatible URL."""
+    """One replica. `kind: vllm` runs a managed vLLM server child; `kind: inprocess` runs vLLM's server in
+    the gateway process; `kind: remote` uses an OpenAI-compatible URL."""
 
-    kind: Literal["vllm", "remote"] = "vllm"
-    model_path: str | None = None  # vllm: a HF directory; None means the embedded model
+    kind: Literal["vllm", "inprocess", "remote"] = "vllm"
+    model_path: str | None = None  # vllm, inprocess: a HF directory; None means the embedded model
     url: str | None = None  # remote: base URL without /v1
     api_key: str | None = None  # remote: bearer token for the upstream
     upstream_model: str | None = None  # name the engine knows the model by; defaults to the model id
     port: Port = 0  # vllm: 0 picks a free loopback port
-    args: tuple[str, ...] = ()  # vllm: extra `vllm serve` arguments
+    args: tuple[str, ...] = ()  # vllm, inprocess: extra `vllm serve` arguments
     env: dict[str, str] = {}  # vllm: extra environment for the child process
     max_concurrency: Annotated[int, Meta(ge=1)] = 32
     weight: Annotated[float, Meta(gt=0)] = 1.0  # routing share relative to the model's other engines
     startup_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
+    read_timeout_s: Annotated[float, Meta(gt=0)] = 120.0  # longest silence from the engine before the request fails
     cpus: Annotated[str, Meta(pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")] | None = None  # vllm: pin, e.g. "0" or "0-3"
     gpus: str | None = None  # vllm: CUDA_VISIBLE_DEVICES for the child, e.g. "0" or "0,1"
 
@@ -116,9 +118,37 @@ def load_settings(config_file: str | None = None, environ: dict[str, str] | None
     except msgspec.ValidationError as exc:
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid settings{where}: {exc}") from None
+    _check_engines(settings, where=f" in {path}" if path else "")
     if settings.dev_mode and settings.host not in LOOPBACK_HOSTS:
         raise ConfigError(f"dev_mode (no API keys) is only allowed on a loopback address, not on {settings.host!r}")
     return settings
+
+
+# Engine fields that only a managed child process can honour.
+_CHILD_ONLY = ("port", "env", "cpus", "gpus")
+
+
+def _check_engines(settings: Settings, where: str) -> None:
+    """What the field types cannot say: each kind's required and refused fields."""
+    inprocess = 0
+    for model in settings.models:
+        for index, spec in enumerate(model.engines):
+            name = f"models[{model.id}].engines[{index}]"
+            if spec.kind == "remote" and not spec.url:
+                raise ConfigError(f"invalid settings{where}: {name}: kind 'remote' needs a url")
+            if spec.kind == "inprocess":
+                inprocess += 1
+                given = [field for field in _CHILD_ONLY if getattr(spec, field) != getattr(_DEFAULT_ENGINE, field)]
+                if given:
+                    raise ConfigError(
+                        f"invalid settings{where}: {name}: {', '.join(given)} only apply to kind 'vllm' (a child "
+                        "process); an in-process engine shares the gateway's process"
+                    )
+    if inprocess > 1:
+        raise ConfigError(f"invalid settings{where}: at most one engine of kind 'inprocess' per gateway process")
+
+
+_DEFAULT_ENGINE = EngineSettings()
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from litestar import Request, Response, get
 from redis.exceptions import RedisError
 
+from engines.inprocess import InProcessVllmEngine
+
 from ..protocol import HealthResponse
 
 
@@ -36,4 +38,6 @@ async def metrics(request: Request) -> bytes:
         m.engine_busy.labels(name).set(replica.inflight)
         m.engine_up.labels(name).set(int(replica.healthy))
         m.engine_restarts.labels(name).set(replica.restarts)
-    return m.render()
+    # an in-process engine has no port of its own: its vLLM metrics (`vllm:*`) are served here
+    own = [engine.metrics() for engine in pool.engines() if isinstance(engine, InProcessVllmEngine)]
+    return b"".join([m.render(), *own])

@@ -72,7 +72,10 @@ def load_nemo_config(folder: Path, allow_python: bool = False, resolve: ModelRes
             continue
         endpoint = resolve(model.model or "") if resolve is not None else Endpoint("http://unresolved", "")
         if endpoint is None:
-            raise NemoConfigError(f"{str(folder)!r}: model {model.model!r} (engine: sentrail) is not a Sentrail model")
+            raise NemoConfigError(
+                f"{str(folder)!r}: model {model.model!r} (engine: sentrail) is not a Sentrail model with a "
+                "network address (a vllm or remote engine; an in-process engine has none)"
+            )
         params = dict(model.parameters or {})
         params["base_url"] = endpoint.base_url
         if endpoint.api_key:

@@ -4,6 +4,7 @@ vLLM server running the embedded SmolLM2 model on CPU. Tests talk to it with the
 import io
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +29,15 @@ STARTUP_TIMEOUT_S = 600
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = "project nightingale"
 NEMO_DENIED = "launch codes"  # a NeMo Guardrails regex rail on input blocks this
+WEATHER = {  # a strict tool the e2e tests offer the model
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "strict": True,
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                       "additionalProperties": False},
+    },
+}  # fmt: skip
 
 
 class Tee(io.TextIOBase):
@@ -62,6 +72,33 @@ class Gateway:
         samples = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
         assert samples, f"{name} is not in the engine's metrics"
         return sum(samples)
+
+
+def serve(config: dict, folder: Path, timeout_s: float = 300) -> subprocess.Popen:
+    """`sentrail serve` in its own process with `config` (written to `folder`), its output in
+    `folder/gateway.log`; returns once `/v1/health/ready` answers 200."""
+    path = folder / "sentrail.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with (folder / "gateway.log").open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)], cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{config['port']}/v1/health/ready", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the gateway did not become ready; see {folder / 'gateway.log'}")
+        time.sleep(0.3)
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 90) -> None:
+    """SIGTERM (a graceful drain), as Kubernetes stops a pod."""
+    process.terminate()
+    process.wait(timeout=timeout_s)
 
 
 @pytest.fixture(scope="session")

@@ -9,18 +9,16 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from engines.process import free_port
 
-from .conftest import ROOT
+from .conftest import ROOT, serve, stop
 
 pytestmark = pytest.mark.e2e
 START_TIMEOUT_S = 300
@@ -70,28 +68,13 @@ def served(model, tmp_path_factory, gateway):  # `gateway`: its engine is up, so
     folder = tmp_path_factory.mktemp("pool")
     port = free_port()
     engines = [{"kind": "vllm", "cpus": str(core), "max_concurrency": 4} for core in (0, 1)]
-    config = folder / "sentrail.yaml"
-    config.write_text(yaml.safe_dump({
+    config = {
         "port": port, "dev_mode": True, "data_dir": str(folder / "data"), "policies_dir": str(ROOT / "policies"),
         "max_waiting": 4, "wait_timeout_s": 5, "models": [{"id": model, "engines": engines}],
-    }))  # fmt: skip
-    log = (folder / "gateway.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)], cwd=ROOT,
-                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        assert process.poll() is None, f"the gateway exited; see {folder / 'gateway.log'}"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "two engines did not become ready"
-        time.sleep(1)
+    }  # fmt: skip
+    process = serve(config, folder, START_TIMEOUT_S)
     yield Served(process, port, folder / "gateway.log")
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=90)
-    log.close()
+    stop(process)
 
 
 def body(model: str, tokens: int = 8) -> dict:

@@ -1,50 +1,26 @@
 """Two gateway processes sharing one Redis serve alternate steps of one agent session."""
 
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 from openai import OpenAI
 
 from engines.process import free_port
 
+from .conftest import WEATHER, serve, stop
+
 pytestmark = pytest.mark.e2e
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "strict": True,
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-                       "additionalProperties": False},
-    },
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def second_gateway(gateway, model, tmp_path_factory):
     """`sentrail serve` in its own process: same Redis, the first gateway's vLLM engine as a remote engine."""
     port = free_port()
-    config = tmp_path_factory.mktemp("second") / "sentrail.yaml"
-    config.write_text(
-        f"port: {port}\ndev_mode: true\nredis_url: {gateway.app.state.redis_url}\nmodels:\n"
-        f"  - id: {model}\n    engines:\n      - {{kind: remote, url: '{gateway.engine_url}'}}\n"
-    )
-    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)])
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base_url}/v1/health/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "the second gateway did not start"
-        time.sleep(0.5)
-    yield base_url
-    process.terminate()
-    process.wait(timeout=30)
+    engines = [{"kind": "remote", "url": gateway.engine_url}]
+    config = {"port": port, "dev_mode": True, "redis_url": gateway.app.state.redis_url,
+              "models": [{"id": model, "engines": engines}]}  # fmt: skip
+    process = serve(config, tmp_path_factory.mktemp("second"), timeout_s=60)
+    yield f"http://127.0.0.1:{port}"
+    stop(process, 30)
 
 
 def test_alternate_steps_of_one_session_across_two_gateways(client, model, gateway, second_gateway):

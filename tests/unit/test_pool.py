@@ -129,3 +129,59 @@ def test_cpu_pinning_specs():
     assert parse_cpus("0") == {0} and parse_cpus("0-2,5") == {0, 1, 2, 5}
     with pytest.raises(ValueError):
         parse_cpus("3-1")
+
+
+async def test_churn_never_oversubscribes_nor_loses_a_woken_waiter():
+    """Many clients contend for few slots while replicas fail and come back: each either gets a slot
+    (never more than max_concurrency per replica at once) or a clean Overloaded / EngineUnavailable.
+    A waiter that was woken for a slot must get it, even when a newcomer arrives in the same instant."""
+    a, b = ScriptedEngine(name="a"), ScriptedEngine(name="b")
+    pool = EnginePool({"m": [(a, 2), (b, 1)]}, max_waiting=8, wait_timeout_s=0.5)
+    replicas = pool.replicas()
+    outcomes: dict[str, int] = {}
+
+    async def client(index: int) -> None:
+        for step in range(20):
+            try:
+                async with pool.acquire("m", affinity=f"s{index % 5}" if step % 2 else None) as engine:
+                    replica = replicas[engine.name]
+                    assert replica.inflight <= replica.max_concurrency
+                    await asyncio.sleep(0 if step % 3 else 0.002)
+                outcome = "served"
+            except (Overloaded, EngineUnavailable) as exc:
+                outcome = type(exc).__name__
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    async def flap() -> None:
+        for _ in range(10):
+            replicas["b"].healthy = False
+            await asyncio.sleep(0.003)
+            replicas["b"].healthy = True
+            await pool.readiness()  # wakes waiters, as the health watcher does
+            await asyncio.sleep(0.003)
+
+    await asyncio.gather(flap(), *(client(i) for i in range(24)))
+    assert outcomes["served"] > 100
+    assert sum(outcomes.values()) == 24 * 20
+    assert pool.load()["m"] == {"inflight": 0, "waiting": 0}
+
+
+async def test_a_woken_waiter_keeps_the_slot_it_was_woken_for():
+    """The race behind a 500 under failover: a slot frees, the waiter is woken for it, and a newcomer
+    arrives in the same instant. Both must be served (one after the other), neither may crash."""
+    pool = EnginePool({"m": [(ScriptedEngine(), 1)]}, max_waiting=1, wait_timeout_s=5)
+    served = []
+
+    async def client(name: str) -> None:
+        async with pool.acquire("m"):
+            served.append(name)
+            await asyncio.sleep(0.01)
+
+    holder = pool.acquire("m")
+    await holder.__aenter__()
+    waiter = asyncio.create_task(client("waiter"))
+    await asyncio.sleep(0.01)  # the waiter is waiting for the only slot
+    await holder.__aexit__(None, None, None)
+    newcomer = asyncio.create_task(client("newcomer"))
+    await asyncio.gather(waiter, newcomer)
+    assert sorted(served) == ["newcomer", "waiter"]

@@ -1,5 +1,7 @@
 """How an OpenAI-compatible upstream's answers become chunks or engine errors (HTTP faked in-process)."""
 
+import asyncio
+
 import httpx
 import msgspec
 import pytest
@@ -86,3 +88,21 @@ async def test_connection_failure_is_an_unavailable_engine():
     with pytest.raises(EngineUnavailable):
         await collect(engine)
     assert await engine.check_health() is False
+
+
+async def test_an_engine_that_goes_silent_fails_the_request_instead_of_hanging():
+    """A real socket that accepts the request and never answers: the read timeout ends it."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    engine = OpenAIEngine("e#0", f"http://127.0.0.1:{port}", "m", read_timeout_s=0.3)
+    try:
+        with pytest.raises(EngineUnavailable, match="ReadTimeout"):
+            await asyncio.wait_for(collect(engine), timeout=10)
+    finally:
+        await engine.stop()
+        server.close()

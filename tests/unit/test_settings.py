@@ -36,6 +36,9 @@ def test_file_then_environment_then_overrides(tmp_path):
         ("unknown_key: 1\n", "unknown_key"),
         ("port: [\n", "parse"),
         ("- just\n- a list\n", "mapping"),
+        ("models:\n  - id: m\n    engines:\n      - kind: remote\n", "needs a url"),
+        ("models:\n  - id: m\n    engines:\n      - {kind: inprocess, cpus: '0'}\n", "cpus only apply to kind 'vllm'"),
+        ("models:\n  - id: m\n    engines:\n      - kind: inprocess\n      - kind: inprocess\n", "at most one"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path, text, needle):
