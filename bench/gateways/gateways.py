@@ -1,0 +1,217 @@
+"""The gateways under test: how to install, configure, start, probe and stop each one.
+
+Each `Gateway` is one gateway in one configuration, all in front of the same stub upstream:
+- Sentrail (this repo's `.venv`): no rails / one regex input rail / the shipped `policies/`;
+- LiteLLM proxy (`bench/.venvs/litellm`): no guardrail / one regex `litellm_content_filter` pre-call guardrail;
+- NeMo Guardrails server (`bench/.venvs/nemo`), default engine and IORails engine: no rails / one regex input rail.
+The regex never matches the benchmark prompt (the rail runs and passes); `BLOCKED_PROMPT` matches it, and
+the harness checks that it is blocked, so a rail that silently does nothing is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VENVS = ROOT / "bench" / ".venvs"
+HERE = Path(__file__).resolve().parent
+MODEL = "stub-model"
+REGEX = r"(?i)launch\s+codes"  # the one regex rail of every "regex" configuration
+BLOCKED_PROMPT = "Tell me the launch codes, please."
+LITELLM_SPEC = "litellm[proxy]==1.108.7"
+NEMO_SPEC = "nemoguardrails[server]==0.24.1"
+# Every server gets uvloop + httptools where its uvicorn can use them (Sentrail's venv has both), so
+# that the event loop and HTTP parser are the same for all and the comparison is about the gateways.
+VENV_SPECS = {
+    "litellm": [LITELLM_SPEC, "uvloop", "httptools"],
+    "nemo": [NEMO_SPEC, "langchain-openai", "uvloop", "httptools"],
+    "plot": ["matplotlib"],
+}
+
+
+@dataclass
+class Gateway:
+    key: str  # e.g. "sentrail-regex"; what --gateways picks
+    product: str
+    config: str  # the configuration, in words
+    command: list[str]
+    port: int
+    ready_path: str
+    env: dict[str, str] = field(default_factory=dict)
+    blocks: bool = False  # whether this configuration must block BLOCKED_PROMPT
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def start(self, cpus: set[int] | None, workdir: Path) -> None:
+        self.log_path = workdir / f"{self.key}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SENTRAIL_"))}
+        env.update(self.env)
+        log = self.log_path.open("wb")
+
+        def pin() -> None:  # runs in the child before exec: the gateway and all its children get `cpus`
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        self.process = subprocess.Popen(self.command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, preexec_fn=pin, start_new_session=True)  # fmt: skip
+
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.port}{self.ready_path}"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.key} exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.key} not ready after {timeout_s:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM the gateway's process group (it was started in its own session), SIGKILL after 20 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def venv_python(name: str) -> Path:
+    return VENVS / name / "bin" / "python"
+
+
+def ensure_venv(name: str) -> Path:
+    """Create bench/.venvs/<name> with its packages, once: a marker holds the spec it was built with."""
+    specs = VENV_SPECS[name]
+    marker = VENVS / name / ".bench-spec"
+    if marker.exists() and marker.read_text() == "\n".join(specs):
+        return venv_python(name)
+    print(f"installing {' '.join(specs)} into {VENVS / name} ...", flush=True)
+    if not venv_python(name).exists():
+        subprocess.run(["python3", "-m", "venv", str(VENVS / name)], check=True)
+    subprocess.run([str(venv_python(name)), "-m", "pip", "install", "-q", *specs], check=True)
+    marker.write_text("\n".join(specs))
+    return venv_python(name)
+
+
+def package_version(python: Path, package: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version({package!r}))"
+    return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def sentrail_version() -> str:
+    run = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True)
+    return run.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def _sentrail(key: str, config: str, port: int, stub_url: str, workdir: Path, policies: Path, blocks: bool) -> Gateway:
+    settings = {
+        "host": "127.0.0.1", "port": port, "dev_mode": True, "log_level": "warning", "log_format": "json",
+        "policies_dir": str(policies), "data_dir": str(workdir / f"{key}-data"),
+        # Queueing at the gateway shows up as latency (as with the peers, which have no such bound)
+        # rather than as 429 `overloaded` at the default 32 in flight + 64 waiting.
+        "max_waiting": 1024,
+        "models": [{"id": MODEL, "engines": [{"kind": "remote", "url": stub_url, "max_concurrency": 256}]}],
+    }  # fmt: skip
+    path = workdir / f"{key}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "gateway.cli", "serve", "--config", str(path)]
+    gateway = Gateway(key, "Sentrail", config, command, port, "/v1/health/ready", blocks=blocks)
+    gateway.env = {"PYTHONPATH": str(ROOT)}
+    return gateway
+
+
+def sentrail_gateways(ports: list[int], stub_url: str, workdir: Path) -> list[Gateway]:
+    empty = workdir / "sentrail-policies-empty"
+    empty.mkdir(exist_ok=True)
+    regex = workdir / "sentrail-policies-regex"
+    regex.mkdir(exist_ok=True)
+    rails = {"version": 1, "stages": {"input": [{"rail": "deny", "name": "input.regex", "patterns": [REGEX]}]}}
+    (regex / "rails.yaml").write_text(yaml.safe_dump(rails))
+    return [
+        _sentrail("sentrail-none", "no rails", ports[0], stub_url, workdir, empty, False),
+        _sentrail("sentrail-regex", "1 regex input rail", ports[1], stub_url, workdir, regex, True),
+        _sentrail("sentrail-default", "shipped policies/ (default rails)", ports[2], stub_url, workdir,
+                  ROOT / "policies", False),
+    ]  # fmt: skip
+
+
+def litellm_gateways(ports: list[int], stub_url: str, workdir: Path) -> list[Gateway]:
+    python = venv_python("litellm")
+    model = {"model_name": MODEL, "litellm_params": {"model": f"openai/{MODEL}", "api_base": f"{stub_url}/v1",
+                                                     "api_key": "not-needed"}}  # fmt: skip
+    plain = {"model_list": [model], "litellm_settings": {"set_verbose": False, "telemetry": False}}
+    guard = {
+        "guardrail_name": "regex-input",
+        "litellm_params": {"guardrail": "litellm_content_filter", "mode": "pre_call", "default_on": True,
+                           "patterns": [{"pattern_type": "regex", "pattern": REGEX, "name": "launch_codes",
+                                         "action": "BLOCK"}]},
+    }  # fmt: skip
+    out = []
+    for (key, config, settings, blocks), port in zip(
+        [("litellm-none", "no guardrail", plain, False),
+         ("litellm-regex", "1 regex pre-call guardrail (litellm_content_filter)", {**plain, "guardrails": [guard]},
+          True)],
+        ports,
+        strict=True,
+    ):  # fmt: skip
+        path = workdir / f"{key}.yaml"
+        path.write_text(yaml.safe_dump(settings))
+        command = [str(python), "-m", "litellm.proxy.proxy_cli", "--config", str(path), "--host", "127.0.0.1",
+                   "--port", str(port), "--num_workers", "1"]  # fmt: skip
+        # No master key: no authentication, like Sentrail's dev mode and NeMo's server (LiteLLM refuses to
+        # start without one unless told that this is on purpose).
+        env = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true",
+               "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}  # fmt: skip
+        out.append(Gateway(key, "LiteLLM proxy", config, command, port, "/health/liveliness", env, blocks))
+    return out
+
+
+def nemo_gateways(ports: list[int], stub_url: str, workdir: Path) -> list[Gateway]:
+    python = venv_python("nemo")
+    main = {"type": "main", "engine": "openai", "model": MODEL,
+            "parameters": {"base_url": f"{stub_url}/v1", "api_key": "not-needed"}}  # fmt: skip
+    regex_rails = {"config": {"regex_detection": {"input": {"patterns": [REGEX.removeprefix("(?i)")],
+                                                            "case_insensitive": True}}},
+                   "input": {"flows": ["regex check input"]}}  # fmt: skip
+    out = []
+    variants = [(False, "none", {}, False), (False, "regex", regex_rails, True),
+                (True, "none", {}, False), (True, "regex", regex_rails, True)]  # fmt: skip
+    for (iorails, rails_name, rails, blocks), port in zip(variants, ports, strict=True):
+        key = f"nemo{'-iorails' if iorails else ''}-{rails_name}"
+        folder = workdir / key / "bench"  # the config id is the folder's name: "bench"
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"models": [main], **({"rails": rails} if rails else {})}
+        (folder / "config.yml").write_text(yaml.safe_dump(config))
+        command = [str(python), str(HERE / "nemo_server.py"), "--config", str(folder), "--port", str(port),
+                   "--default-config-id", "bench", "--disable-chat-ui"]  # fmt: skip
+        env = {"NEMO_GUARDRAILS_NO_USAGE_STATS": "true", "OPENAI_API_KEY": "not-needed"}
+        if iorails:
+            env["NEMO_GUARDRAILS_IORAILS_ENGINE"] = "true"
+        words = ("IORails engine" if iorails else "default engine") + (", 1 regex input rail" if rails else ", no rail")
+        out.append(Gateway(key, "NeMo Guardrails server", words, command, port, "/healthz", env, blocks))
+    return out
+
+
+def chat_body(prompt: str, stream: bool) -> bytes:
+    body: dict = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 64}
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return json.dumps(body).encode()
