@@ -103,12 +103,14 @@ class OpenAIEngine:
                 if response.status_code != 200:
                     raise await _upstream_error(response)
                 self._streams[request_id] = response
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
+                done = False
+                async for line in response.aiter_lines():  # read to the end: the connection is then reused
+                    if done or not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        return
+                        done = True
+                        continue
                     yield _decode_event(data)
         except httpx.HTTPError as exc:
             raise EngineUnavailable(f"engine {self.name} failed: {type(exc).__name__}") from exc

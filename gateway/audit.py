@@ -2,8 +2,11 @@
 JSONL file sink), written before the response that it records completes.
 
 Each record holds `seq` (1, 2, ...), `prev` (the previous record's hash; 64 zeros for the first) and
-`hash` = SHA-256 of the record's canonical JSON without `hash`. Appends are optimistic transactions on
-the tenant's head key (`seq:hash`), so concurrent gateway replicas extend one chain. `verify` recomputes
+`hash` = SHA-256 of the record's canonical JSON without `hash`. An append is one compare-and-set script
+on the tenant's head key (`seq:hash`): it adds the records only if the head is still the one they were
+chained onto, else it returns the current head and the records are chained again onto that; each
+replica remembers the last head it saw, so the common case is one round trip, and concurrent gateway
+replicas extend one chain. `verify` recomputes
 the chain and names the first record that was edited, deleted, inserted or reordered. Records carry
 identifiers, decisions, reasons, versions, hashes and counts: no message content unless
 `audit_content` is on, and then only the masked text the session stores.
@@ -26,7 +29,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import WatchError
 
 log = structlog.get_logger("sentrail.audit")
 GENESIS = "0" * 64
@@ -49,10 +51,22 @@ def seal(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
 
 
+# KEYS: head, stream. ARGV: the head the records were chained onto ("" for none), the new head, the records.
+_APPEND = """
+local head = redis.call('GET', KEYS[1]) or ''
+if head ~= ARGV[1] then return {0, head} end
+for i = 3, #ARGV do redis.call('XADD', KEYS[2], '*', 'r', ARGV[i]) end
+redis.call('SET', KEYS[1], ARGV[2])
+return {1, ARGV[2]}
+"""
+
+
 class AuditLog:
     def __init__(self, redis: aioredis.Redis, jsonl: Path | None = None) -> None:
         self.redis = redis
         self.jsonl = jsonl
+        self._append = redis.register_script(_APPEND)
+        self._heads: dict[str, bytes] = {}  # tenant -> the last head this replica saw ("seq:hash")
 
     async def append(self, tenant: str, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Chain `events` (each: `type` plus fields) onto the tenant's log, atomically; the sealed records."""
@@ -60,26 +74,24 @@ class AuditLog:
         if not events:
             return []
         now = time.time()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(_head(tenant))
-                    head = await pipe.get(_head(tenant))
-                    seq, prev = _parse_head(head)
-                    records = []
-                    for event in events:
-                        seq += 1
-                        record = {"seq": seq, "ts": now, "tenant": tenant, **event, "prev": prev}
-                        record["hash"] = prev = seal(record)
-                        records.append(record)
-                    pipe.multi()
-                    for record in records:
-                        pipe.xadd(_stream(tenant), {"r": canonical(record)})
-                    pipe.set(_head(tenant), f"{seq}:{prev}")
-                    await pipe.execute()
-                    break
-                except WatchError:  # another replica appended first: chain onto its record
-                    continue
+        head = self._heads.get(tenant)
+        if head is None:
+            head = await self.redis.get(_head(tenant)) or b""
+        while True:  # chain onto `head`; if another replica moved it, chain onto what it is now
+            seq, prev = _parse_head(head)
+            records = []
+            for event in events:
+                seq += 1
+                record = {"seq": seq, "ts": now, "tenant": tenant, **event, "prev": prev}
+                record["hash"] = prev = seal(record)
+                records.append(record)
+            new_head = f"{seq}:{prev}".encode()
+            keys = [_head(tenant), _stream(tenant)]
+            done, head = await self._append(keys=keys, args=[head, new_head, *(canonical(r) for r in records)])
+            if done:
+                break
+        if seq > _parse_head(self._heads.get(tenant))[0]:  # concurrent appends may finish out of order
+            self._heads[tenant] = new_head
         if self.jsonl is not None:
             await asyncio.to_thread(_append_lines, self.jsonl, b"".join(canonical(r) + b"\n" for r in records))
         return records

@@ -7,6 +7,7 @@ variables name an endpoint; tests pass their own span processor (an in-memory ex
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -24,11 +25,25 @@ from .protocol import ChatCompletionRequest
 SERVICE_NAME = "sentrail"
 
 
+class _StderrNow(io.TextIOBase):
+    """Whatever `sys.stderr` is when a line is written (not when logging was configured): a replaced
+    and closed stream (a test's capture, say) never swallows or breaks later log lines."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(
     log_format: str = "auto", level: str = "info", stream: TextIO | None = None, cache: bool = True
 ) -> None:
     """Route structlog and the standard library's logging through one renderer."""
-    stream = stream or sys.stderr
+    stream = stream or _StderrNow()
     if log_format == "auto":
         log_format = "console" if stream.isatty() else "json"
     shared: list[Any] = [
