@@ -1,8 +1,9 @@
 """An engine behind any OpenAI-compatible `/v1/chat/completions` (a vLLM or NIM server, local or remote).
 
 The request is re-encoded from the validated struct (unknown client fields never travel), always as a
-stream with usage, and the upstream model name replaces the public one. Closing the stream early
-closes the HTTP connection, which is how vLLM and NIM learn to abort the request.
+stream with usage, and the upstream model name replaces the public one. A stream is read to its end,
+so its connection is reused; closing it early closes the connection, which is how vLLM and NIM learn
+to abort the request. The HTTP client is in `upstream.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import structlog
 from gateway.protocol import ChatCompletionChunk, ChatCompletionRequest, StreamOptions
 
 from .base import EngineError, EngineRejected, EngineUnavailable
+from .upstream import AiohttpUpstream, HttpxUpstream, Upstream, UpstreamIOError, UpstreamResponse
 
 log = structlog.get_logger("sentrail.engine")
 
@@ -42,7 +44,8 @@ _encoder = msgspec.json.Encoder()
 
 
 class OpenAIEngine:
-    """One OpenAI-compatible upstream; `upstream_model` is the name the upstream knows the model by."""
+    """One OpenAI-compatible upstream; `upstream_model` is the name the upstream knows the model by.
+    On the network it speaks aiohttp; with a `transport` (in-process app, tests) it speaks httpx."""
 
     def __init__(
         self,
@@ -61,18 +64,16 @@ class OpenAIEngine:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # read: the longest silence allowed from a working engine (before the first token, between chunks);
         # past it the request fails (and fails over when nothing was streamed yet) instead of hanging
-        timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=30.0, pool=connect_timeout_s)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        self._client_options = {
-            "base_url": self.base_url, "headers": headers, "timeout": timeout, "limits": limits, "transport": transport
-        }  # fmt: skip
-        self._client = httpx.AsyncClient(**self._client_options)
-        self._streams: dict[str, httpx.Response] = {}
+        self._upstream: Upstream = (
+            HttpxUpstream(self.base_url, headers, connect_timeout_s, read_timeout_s, transport)
+            if transport is not None
+            else AiohttpUpstream(self.base_url, headers, connect_timeout_s, read_timeout_s)
+        )
+        self._streams: dict[str, UpstreamResponse] = {}
 
     def _open_client(self) -> None:
         """A stopped engine that is started again (a restart) gets a fresh connection pool."""
-        if self._client.is_closed:
-            self._client = httpx.AsyncClient(**self._client_options)
+        self._upstream.open()
 
     async def start(self) -> None:
         self._open_client()
@@ -80,14 +81,10 @@ class OpenAIEngine:
             log.warning("engine_not_healthy_at_start", engine=self.name, url=self.base_url)
 
     async def stop(self) -> None:
-        await self._client.aclose()
+        await self._upstream.close()
 
     async def check_health(self) -> bool:
-        try:
-            response = await self._client.get("/v1/models", timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await self._upstream.status("/v1/models", 2.0) == 200
 
     def upstream_body(self, request: ChatCompletionRequest) -> bytes:
         upstream = msgspec.structs.replace(
@@ -99,31 +96,31 @@ class OpenAIEngine:
         body = self.upstream_body(request)
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         try:
-            async with self._client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as response:
-                if response.status_code != 200:
-                    raise await _upstream_error(response)
+            async with self._upstream.post("/v1/chat/completions", body, headers) as response:
+                if response.status != 200:
+                    raise _upstream_error(response.status, await response.read())
                 self._streams[request_id] = response
                 done = False
-                async for line in response.aiter_lines():  # read to the end: the connection is then reused
-                    if done or not line.startswith("data:"):
+                async for line in response.lines():  # read to the end: the connection is then reused
+                    if done or not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         done = True
                         continue
                     yield _decode_event(data)
-        except httpx.HTTPError as exc:
-            raise EngineUnavailable(f"engine {self.name} failed: {type(exc).__name__}") from exc
+        except UpstreamIOError as exc:
+            raise EngineUnavailable(f"engine {self.name} failed: {exc}") from exc
         finally:
             self._streams.pop(request_id, None)
 
     async def abort(self, request_id: str) -> None:
         response = self._streams.pop(request_id, None)
         if response is not None:
-            await response.aclose()
+            await response.close()
 
 
-def _decode_event(data: str) -> ChatCompletionChunk:
+def _decode_event(data: bytes) -> ChatCompletionChunk:
     try:
         return _chunk_decoder.decode(data)
     except msgspec.ValidationError:
@@ -139,13 +136,12 @@ def _decode_event(data: str) -> ChatCompletionChunk:
     raise EngineError(f"engine error during generation: {error.message}")
 
 
-async def _upstream_error(response: httpx.Response) -> EngineError:
-    raw = await response.aread()
+def _upstream_error(status: int, raw: bytes) -> EngineError:
     try:
         detail = _error_decoder.decode(raw).error
         message, param = detail.message, detail.param
     except msgspec.MsgspecError:
         message, param = raw[:200].decode(errors="replace"), None
-    if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 408, 429):
+    if 400 <= status < 500 and status not in (401, 403, 408, 429):
         return EngineRejected(message, param)
-    return EngineUnavailable(f"engine answered {response.status_code}: {message}")
+    return EngineUnavailable(f"engine answered {status}: {message}")

@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 
-import httpx
 import structlog
 
 from .base import EngineUnavailable
@@ -107,11 +106,7 @@ class VllmServerEngine(OpenAIEngine):
     async def check_health(self) -> bool:
         if self._process is None or self._process.returncode is not None:
             return False
-        try:
-            response = await self._client.get("/health", timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await self._upstream.status("/health", 2.0) == 200
 
     async def stop(self) -> None:
         """Drain and stop the server and every process of its group: after a crash of the server, its
