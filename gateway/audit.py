@@ -5,8 +5,8 @@ Each record holds `seq` (1, 2, ...), `prev` (the previous record's hash; 64 zero
 `hash` = SHA-256 of the record's canonical JSON without `hash`. An append is one compare-and-set script
 on the tenant's head key (`seq:hash`): it adds the records only if the head is still the one they were
 chained onto, else it returns the current head and the records are chained again onto that; each
-replica remembers the last head it saw, so the common case is one round trip, and concurrent gateway
-replicas extend one chain. `verify` recomputes
+replica remembers the last head it saw, so the common case is one round trip (shared with the step's
+session writes), and concurrent gateway replicas extend one chain. `verify` recomputes
 the chain and names the first record that was edited, deleted, inserted or reordered. Records carry
 identifiers, decisions, reasons, versions, hashes and counts: no message content unless
 `audit_content` is on, and then only the masked text the session stores.
@@ -22,13 +22,14 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.client import Pipeline
 
 log = structlog.get_logger("sentrail.audit")
 GENESIS = "0" * 64
@@ -65,11 +66,14 @@ class AuditLog:
     def __init__(self, redis: aioredis.Redis, jsonl: Path | None = None) -> None:
         self.redis = redis
         self.jsonl = jsonl
-        self._append = redis.register_script(_APPEND)
         self._heads: dict[str, bytes] = {}  # tenant -> the last head this replica saw ("seq:hash")
 
-    async def append(self, tenant: str, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Chain `events` (each: `type` plus fields) onto the tenant's log, atomically; the sealed records."""
+    async def append(
+        self, tenant: str, events: Iterable[dict[str, Any]], with_writes: Callable[[Pipeline], None] | None = None
+    ) -> list[dict[str, Any]]:
+        """Chain `events` (each: `type` plus fields) onto the tenant's log, atomically; the sealed records.
+        `with_writes` queues the caller's own writes into the same transaction (one round trip for a
+        step's session record and its audit records); they are applied once, even if the chain retries."""
         events = list(events)
         if not events:
             return []
@@ -86,8 +90,12 @@ class AuditLog:
                 record["hash"] = prev = seal(record)
                 records.append(record)
             new_head = f"{seq}:{prev}".encode()
-            keys = [_head(tenant), _stream(tenant)]
-            done, head = await self._append(keys=keys, args=[head, new_head, *(canonical(r) for r in records)])
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if with_writes is not None:
+                    with_writes(pipe)
+                pipe.eval(_APPEND, 2, _head(tenant), _stream(tenant), head, new_head, *map(canonical, records))
+                done, head = (await pipe.execute())[-1]
+            with_writes = None
             if done:
                 break
         if seq > _parse_head(self._heads.get(tenant))[0]:  # concurrent appends may finish out of order

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -264,10 +265,13 @@ class ChatService:
             if decision.action != "allow":  # withheld calls are part of the session's history too
                 arguments = run.judge.arguments.get(decision.call_id, "")  # type: ignore[union-attr]
                 emitted[decision.call_id] = ToolCallRecord(decision.tool, arguments, number, decision.action)
-        await self.sessions.commit(pending, step, emitted)
         if self.audit is not None:  # before the response completes: a client never holds an unaudited answer
             rails_version = self.guard.rails.version if self.guard is not None else ""
-            await self.audit.append(run.ctx.key.tenant, step_events(run, step, self.audit_content, rails_version))
+            events = step_events(run, step, self.audit_content, rails_version)
+            session_writes = partial(self.sessions.queue_commit, pending=pending, step=step, emitted_calls=emitted)
+            await self.audit.append(run.ctx.key.tenant, events, with_writes=session_writes)  # one round trip
+        else:
+            await self.sessions.commit(pending, step, emitted)
         await self.limiter.add_tokens(run.ctx.key, usage.total_tokens)
 
     async def _generate(

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from rails.pipeline import Decision
 
@@ -196,29 +197,35 @@ class SessionStore:
 
     async def commit(self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]) -> None:
         """Write the whole step atomically (one MULTI/EXEC)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.queue_commit(pipe, pending, step, emitted_calls)
+            await pipe.execute()
+
+    def queue_commit(
+        self, pipe: Pipeline, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]
+    ) -> None:
+        """The step's writes, queued on a transaction the caller executes (with more of its own)."""
         state = pending.state
         meta_key, steps_key, calls_key, labels_key = _keys(state.tenant, state.session_id)
         now = step.at
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(meta_key, "created_at", repr(state.created_at))
-            pipe.hset(meta_key, "updated_at", repr(now))
-            pipe.hincrby(meta_key, "steps", 1)
-            pipe.hincrby(meta_key, "tokens_in", step.usage.get("input", 0))
-            pipe.hincrby(meta_key, "tokens_out", step.usage.get("output", 0))
-            pipe.hincrby(meta_key, "tool_calls", len(emitted_calls))
-            pipe.rpush(steps_key, _encoder.encode(step))
-            updates = {call_id: _encoder.encode(call) for call_id, call in emitted_calls.items()}
-            for call_id in pending.answered:
-                answered = msgspec.structs.replace(state.calls[call_id], answered=True)
-                updates[call_id] = _encoder.encode(answered)
-            if updates:
-                pipe.hset(calls_key, mapping=updates)
-            if pending.new_labels:
-                pipe.sadd(labels_key, *sorted(pending.new_labels))
-            for key in (meta_key, steps_key, calls_key, labels_key):
-                pipe.expire(key, self.ttl_s)
-            pipe.zadd(_index(state.tenant), {state.session_id: now})
-            await pipe.execute()
+        pipe.hsetnx(meta_key, "created_at", repr(state.created_at))
+        pipe.hset(meta_key, "updated_at", repr(now))
+        pipe.hincrby(meta_key, "steps", 1)
+        pipe.hincrby(meta_key, "tokens_in", step.usage.get("input", 0))
+        pipe.hincrby(meta_key, "tokens_out", step.usage.get("output", 0))
+        pipe.hincrby(meta_key, "tool_calls", len(emitted_calls))
+        pipe.rpush(steps_key, _encoder.encode(step))
+        updates = {call_id: _encoder.encode(call) for call_id, call in emitted_calls.items()}
+        for call_id in pending.answered:
+            answered = msgspec.structs.replace(state.calls[call_id], answered=True)
+            updates[call_id] = _encoder.encode(answered)
+        if updates:
+            pipe.hset(calls_key, mapping=updates)
+        if pending.new_labels:
+            pipe.sadd(labels_key, *sorted(pending.new_labels))
+        for key in (meta_key, steps_key, calls_key, labels_key):
+            pipe.expire(key, self.ttl_s)
+        pipe.zadd(_index(state.tenant), {state.session_id: now})
 
     async def steps(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
         _, steps_key, _, _ = _keys(tenant, session_id)

@@ -12,7 +12,7 @@ from openai import OpenAI
 
 from engines.process import free_port
 
-from .conftest import WEATHER, serve, stop
+from .conftest import WEATHER, metric_total, serve, stop
 
 pytestmark = pytest.mark.e2e
 LONG_STORY = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
@@ -25,10 +25,7 @@ class InProcess:
 
     def metric(self, name: str) -> float:
         """Sum of a vLLM metric's samples, read from the gateway's own `/metrics`."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        samples = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
-        assert samples, f"{name} is not on the gateway's /metrics"
-        return sum(samples)
+        return metric_total(httpx.get(f"{self.url}/metrics", timeout=5).text, name)
 
     def children(self) -> list[str]:
         """Command lines of the gateway's child processes."""

@@ -18,7 +18,7 @@ import pytest
 
 from engines.process import free_port
 
-from .conftest import ROOT, serve, stop
+from .conftest import ROOT, metric_total, serve, stop
 
 pytestmark = pytest.mark.e2e
 START_TIMEOUT_S = 300
@@ -158,9 +158,7 @@ def test_a_killed_engine_fails_only_its_in_flight_requests_and_rejoins(served, m
 
 
 def _vllm_successes(port: int) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:request_success_total{"))  # fmt: skip
+    return metric_total(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text, "vllm:request_success_total")
 
 
 def test_metrics_name_every_engine(served, model):

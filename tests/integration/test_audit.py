@@ -102,3 +102,19 @@ async def test_concurrent_writers_extend_one_chain(redis_server):
     for client in clients:
         await client.aclose()
     assert verdict.ok and verdict.records == 60, verdict
+
+
+async def test_writes_sharing_the_transaction_apply_once_when_the_chain_retries(redis_server):
+    """A's cached head is stale (B appended since): A's first transaction writes the caller's writes but
+    not the records; the retry writes only the records."""
+    a_client, b_client = (aioredis.Redis.from_url(redis_server.url) for _ in range(2))
+    a, b = AuditLog(a_client), AuditLog(b_client)
+    await a.append("shared", [{"type": "e", "by": "a"}])
+    await b.append("shared", [{"type": "e", "by": "b"}])
+    await a.append("shared", [{"type": "e", "by": "a"}], with_writes=lambda pipe: pipe.incr("sentrail:test:writes"))
+    verdict = await a.verify("shared")
+    writes = int(await a_client.get("sentrail:test:writes"))
+    for client in (a_client, b_client):
+        await client.aclose()
+    assert verdict.ok and verdict.records == 3, verdict
+    assert writes == 1
