@@ -198,9 +198,11 @@ class EnginePool:
         task.add_done_callback(self._notifying.discard)
 
     async def _notify(self, model: _Model) -> None:
-        """Wake every waiter: each checks for itself (its own excluded engines, its session's engine)."""
+        """A slot came free: wake the longest waiter, who takes it. Not every waiter: under overload that
+        is O(waiters) work per finished request. A waiter that cannot use the slot (it already tried that
+        engine) sleeps on; the health watcher wakes everyone every few seconds (`readiness`)."""
         async with model.changed:
-            model.changed.notify_all()
+            model.changed.notify(1)
 
     def load(self) -> dict[str, dict[str, int]]:
         """In-flight and waiting per model, for metrics."""

@@ -154,17 +154,26 @@ class Pool:
         self.waiters.append(waiter)
         return await waiter
 
+    def _next_waiter(self) -> asyncio.Future[Conn] | None:
+        """The oldest request still waiting (one that gave up, a timed-out `get`, is skipped)."""
+        while self.waiters:
+            waiter = self.waiters.pop(0)
+            if not waiter.done():
+                return waiter
+        return None
+
     def put(self, conn: Conn) -> None:
         if conn.closed:
             self.open -= 1
-            if self.waiters:  # a request waits for a connection: let it open one
-                waiter = self.waiters.pop(0)
+            waiter = self._next_waiter()
+            if waiter is not None:  # a request waits for a connection: let it open one
                 task = asyncio.ensure_future(self._open_for(waiter))
                 self.opening.add(task)
                 task.add_done_callback(self.opening.discard)
             return
-        if self.waiters:
-            self.waiters.pop(0).set_result(conn)
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(conn)
         else:
             self.idle.append(conn)
 
@@ -172,10 +181,15 @@ class Pool:
         try:
             self.open += 1
             _, conn = await asyncio.get_running_loop().create_connection(Conn, self.host, self.port)
-            waiter.set_result(conn)
         except OSError as exc:
             self.open -= 1
-            waiter.set_exception(exc)
+            if not waiter.done():
+                waiter.set_exception(exc)
+            return
+        if waiter.done():  # it gave up while the connection opened: the next one may use it
+            self.put(conn)
+        else:
+            waiter.set_result(conn)
 
     def close(self) -> None:
         for conn in self.idle:

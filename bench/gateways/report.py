@@ -66,6 +66,12 @@ def markdown(results: dict, bound_ms: float, png_name: str) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
         "",
+        "Settings: no authentication anywhere (Sentrail `dev_mode`, LiteLLM without a master key, NeMo has "
+        "none); Sentrail with its embedded Redis (same core, counted in its CPU and RSS), every step recorded "
+        "in its session and hash-chained audit log, `max_concurrency: 256` and `max_waiting: 1024` so that "
+        "queueing shows as latency as with the peers (its defaults would answer 429 sooner); NeMo on "
+        "loopback with logging at WARNING (its stock server logs each request at INFO).",
+        "",
         f"## Summary (sustained: no errors, ≥ 95% of the offered rate achieved, added p99 ≤ {bound_ms:g} ms)",
         "",
         "| gateway | configuration | checks | c=1 added p50 / p99 ms | c=1 stream added TTFT p50 / p99 ms | "
