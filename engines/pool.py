@@ -59,7 +59,6 @@ class EnginePool:
         self._models = {model: _Model([Replica(*spec) for spec in engines]) for model, engines in models.items()}
         self.max_waiting = max_waiting
         self.wait_timeout_s = wait_timeout_s
-        self._notifying: set[asyncio.Task[None]] = set()
 
     @property
     def model_ids(self) -> list[str]:
@@ -181,7 +180,8 @@ class EnginePool:
                 await model.changed.wait_for(take)
         except BaseException as exc:
             if taken:  # the wait ended (a timeout, a cancel) just as a slot was taken: give it back
-                self._release(model, taken.pop())
+                taken.pop().inflight -= 1
+                await self._notify(model)
             if isinstance(exc, TimeoutError):
                 raise Overloaded(f"model {model_id!r} stayed at capacity for {self.wait_timeout_s:.0f} s") from None
             raise
@@ -190,12 +190,6 @@ class EnginePool:
         if not taken:
             raise EngineUnavailable(f"no healthy engine for model {model_id!r}")
         return taken[0]
-
-    def _release(self, model: _Model, replica: Replica) -> None:
-        replica.inflight -= 1
-        task = asyncio.get_running_loop().create_task(self._notify(model))
-        self._notifying.add(task)
-        task.add_done_callback(self._notifying.discard)
 
     async def _notify(self, model: _Model) -> None:
         """A slot came free: wake the longest waiter, who takes it. Not every waiter: under overload that

@@ -48,15 +48,20 @@ class Upstream(Protocol):
 
 
 async def split_lines(parts: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Byte chunks -> lines without their line ends, however long a line is."""
-    pending = b""
+    """Byte chunks -> lines without their line ends, however long a line is (a line split over many
+    chunks is joined once, when its end arrives)."""
+    partial: list[bytes] = []
     async for part in parts:
-        pending += part
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line.rstrip(b"\r")
-    if pending:
-        yield pending.rstrip(b"\r")
+        *complete, rest = part.split(b"\n")
+        if complete:
+            complete[0] = b"".join((*partial, complete[0]))
+            partial.clear()
+            for line in complete:
+                yield line.rstrip(b"\r")
+        if rest:
+            partial.append(rest)
+    if partial:
+        yield b"".join(partial).rstrip(b"\r")
 
 
 class _AiohttpResponse:

@@ -75,7 +75,7 @@ class VllmServerEngine(OpenAIEngine):
             "VLLM_CPU_KVCACHE_SPACE": "1",
             "PYTHONUNBUFFERED": "1",
             **os.environ,
-            "VLLM_CONFIGURE_LOGGING": "1",
+            "VLLM_CONFIGURE_LOGGING": "1",  # its output is captured below (an in-process engine turns it off)
             **self.env,
         }
         log.info("engine_starting", engine=self.name, port=self.port, model=self.model_path)

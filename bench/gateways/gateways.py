@@ -35,6 +35,7 @@ VENV_SPECS = {
     "litellm": [LITELLM_SPEC, "uvloop", "httptools"],
     "nemo": [NEMO_SPEC, "langchain-openai", "uvloop", "httptools"],
     "plot": ["matplotlib"],
+    "profile": ["py-spy"],
 }
 
 

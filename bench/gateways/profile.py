@@ -7,7 +7,7 @@ recording the gateway; prints requests/s, CPU ms per request, and the functions 
 
     .venv/bin/python bench/gateways/profile.py [--config none|regex|default] [--stream] [--seconds 15]
 
-py-spy is installed into bench/.venvs/plot on first use.
+py-spy is installed into bench/.venvs/profile on first use.
 """
 
 from __future__ import annotations
@@ -32,12 +32,7 @@ RESULTS = gw.ROOT / "bench" / "results"
 
 
 def py_spy() -> Path:
-    gw.VENV_SPECS.setdefault("plot", ["matplotlib"])
-    python = gw.ensure_venv("plot")
-    binary = python.parent / "py-spy"
-    if not binary.exists():
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "py-spy"], check=True)
-    return binary
+    return gw.ensure_venv("profile").parent / "py-spy"
 
 
 async def load(port: int, stream: bool, seconds: float, concurrency: int) -> int:
