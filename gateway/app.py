@@ -9,12 +9,10 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import structlog
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Tracer
 
@@ -35,7 +33,7 @@ from .guard import Guard, load_rail_set
 from .keys import KeyStore
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
-from .observability import bind_server_span, build_tracer_provider
+from .observability import build_tracer_provider
 from .ratelimit import RateLimiter
 from .redis_server import EmbeddedRedis, connect_redis, write_redis_url
 from .reload import watch_folder
@@ -47,7 +45,6 @@ from .tool_guard import ToolGuard
 
 log = structlog.get_logger("sentrail.app")
 HEALTH_INTERVAL_S = 5.0
-SPAN_NOISE: list[Literal["receive", "send"]] = ["receive", "send"]
 
 
 def build_engines(settings: Settings) -> dict[str, list[tuple[Engine, int, float]]]:
@@ -142,15 +139,10 @@ def create_app(
                 await embedded_redis.stop()
             tracer_provider.shutdown()
 
-    otel = OpenTelemetryConfig(
-        tracer_provider=tracer_provider, exclude_spans=SPAN_NOISE, server_request_hook_handler=bind_server_span
-    )
     app = Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
-        # No span per ASGI send/receive: on a stream that would be one span per token.
-        plugins=[OpenTelemetryPlugin(otel)],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
         logging_config=None,
@@ -166,7 +158,7 @@ def create_app(
         ),
         approvals=approvals, audit=audit, tracer_provider=tracer_provider,
     )  # fmt: skip
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics)
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics, tracer)
     return app
 
 

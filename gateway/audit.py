@@ -18,6 +18,7 @@ System events (policy reloads, key changes) go to the `_system` chain.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import os
@@ -62,47 +63,99 @@ return {1, ARGV[2]}
 """
 
 
+@dataclass
+class _Append:
+    """One caller's append, waiting for its tenant's writer."""
+
+    events: list[dict[str, Any]]
+    with_writes: Callable[[Pipeline], None] | None
+    at: float
+    done: asyncio.Future[list[dict[str, Any]]]
+
+
 class AuditLog:
-    def __init__(self, redis: aioredis.Redis, jsonl: Path | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis, jsonl: Path | None = None, max_batch: int = 256) -> None:
         self.redis = redis
         self.jsonl = jsonl
+        self.max_batch = max_batch
         self._heads: dict[str, bytes] = {}  # tenant -> the last head this replica saw ("seq:hash")
+        self._queues: dict[str, list[_Append]] = {}  # tenant -> appends waiting for the tenant's writer
+        self._writers: dict[str, asyncio.Task[None]] = {}
 
     async def append(
         self, tenant: str, events: Iterable[dict[str, Any]], with_writes: Callable[[Pipeline], None] | None = None
     ) -> list[dict[str, Any]]:
         """Chain `events` (each: `type` plus fields) onto the tenant's log, atomically; the sealed records.
         `with_writes` queues the caller's own writes into the same transaction (one round trip for a
-        step's session record and its audit records); they are applied once, even if the chain retries."""
+        step's session record and its audit records); they are applied once, even if the chain retries.
+
+        Group commit: one writer per tenant chains whatever appends arrived while its last transaction
+        was in flight and writes them in one transaction, so concurrent requests in one replica never
+        race each other for the head (they would retry, O(concurrency) round trips each) and share
+        round trips under load. A caller that is cancelled while waiting leaves its records to be written."""
         events = list(events)
         if not events:
             return []
-        now = time.time()
+        done: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieve)
+        self._queues.setdefault(tenant, []).append(_Append(events, with_writes, time.time(), done))
+        if tenant not in self._writers:
+            # its own context: the writer serves many requests and carries none's log or trace context
+            self._writers[tenant] = asyncio.create_task(self._write(tenant), context=contextvars.Context())
+        return await asyncio.shield(done)
+
+    async def _write(self, tenant: str) -> None:
+        """The tenant's writer: commits queued appends, a batch per transaction, until none are left."""
+        try:
+            while queue := self._queues.get(tenant):
+                batch, self._queues[tenant] = queue[: self.max_batch], queue[self.max_batch :]
+                try:
+                    sealed = await self._commit(tenant, batch)
+                except BaseException as exc:  # fail closed: every caller of the batch gets the error
+                    for item in batch:
+                        if not item.done.done():
+                            item.done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for item, records in zip(batch, sealed, strict=True):
+                    if not item.done.done():
+                        item.done.set_result(records)
+        finally:
+            del self._writers[tenant]
+            if not self._queues.get(tenant):
+                self._queues.pop(tenant, None)
+
+    async def _commit(self, tenant: str, batch: list[_Append]) -> list[list[dict[str, Any]]]:
         head = self._heads.get(tenant)
         if head is None:
             head = await self.redis.get(_head(tenant)) or b""
+        writes = [item.with_writes for item in batch if item.with_writes is not None]
         while True:  # chain onto `head`; if another replica moved it, chain onto what it is now
             seq, prev = _parse_head(head)
-            records = []
-            for event in events:
-                seq += 1
-                record = {"seq": seq, "ts": now, "tenant": tenant, **event, "prev": prev}
-                record["hash"] = prev = seal(record)
-                records.append(record)
+            sealed = []
+            for item in batch:
+                records = []
+                for event in item.events:
+                    seq += 1
+                    record = {"seq": seq, "ts": item.at, "tenant": tenant, **event, "prev": prev}
+                    record["hash"] = prev = seal(record)
+                    records.append(record)
+                sealed.append(records)
             new_head = f"{seq}:{prev}".encode()
+            lines = [canonical(record) for records in sealed for record in records]
             async with self.redis.pipeline(transaction=True) as pipe:
-                if with_writes is not None:
-                    with_writes(pipe)
-                pipe.eval(_APPEND, 2, _head(tenant), _stream(tenant), head, new_head, *map(canonical, records))
+                for queue_writes in writes:
+                    queue_writes(pipe)
+                pipe.eval(_APPEND, 2, _head(tenant), _stream(tenant), head, new_head, *lines)
                 done, head = (await pipe.execute())[-1]
-            with_writes = None
+            writes = []
             if done:
                 break
-        if seq > _parse_head(self._heads.get(tenant))[0]:  # concurrent appends may finish out of order
-            self._heads[tenant] = new_head
+        self._heads[tenant] = new_head
         if self.jsonl is not None:
-            await asyncio.to_thread(_append_lines, self.jsonl, b"".join(canonical(r) + b"\n" for r in records))
-        return records
+            await asyncio.to_thread(_append_lines, self.jsonl, b"".join(line + b"\n" for line in lines))
+        return sealed
 
     async def records(self, tenant: str) -> AsyncIterator[tuple[str, dict[str, Any] | None]]:
         """(stream id, record or None when unreadable), oldest first, in pages."""
@@ -145,6 +198,12 @@ class AuditLog:
         async for key in self.redis.scan_iter(match="sentrail:audit:{*}:head", count=1000):
             found.add(key.decode()[len("sentrail:audit:{") : -len("}:head")])
         return sorted(found)
+
+
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """An append whose caller stopped waiting: its outcome is still read (no 'never retrieved' warning)."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _append_lines(path: Path, data: bytes) -> None:

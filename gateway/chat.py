@@ -317,8 +317,9 @@ class ChatService:
                         first = False
                         ttft = time.perf_counter() - started
                         ctx.mark("first_token")
-                        self.metrics.ttft.labels(model).observe(ttft)
-                        self.metrics.engine_ttft.labels(engine.name).observe(ttft)
+                        if request.stream:  # a plain request's one chunk is its whole answer
+                            self.metrics.ttft.labels(model).observe(ttft)
+                            self.metrics.engine_ttft.labels(engine.name).observe(ttft)
                         span.set_attribute("gen_ai.response.id", chunk.id)
                         span.set_attribute("gen_ai.response.model", chunk.model)
                         span.set_attribute("sentrail.time_to_first_chunk_s", ttft)

@@ -1,5 +1,9 @@
 """The ASGI layer around every request: a request id (bound into structlog's context and returned as
-`x-request-id`), and the HTTP metrics (by route template, status, latency, in flight)."""
+`x-request-id`), the request's SERVER span (a W3C `traceparent` from the caller continues its trace),
+and the HTTP metrics (by route template, status, latency, in flight).
+
+The span is made here rather than by the generic ASGI instrumentation, which cost ~0.4 ms of CPU per
+request (header collection, attribute cleaning, per-message hooks): a third of a proxied request."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import uuid
 from typing import Any
 
 import structlog
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from .metrics import Metrics
 
@@ -26,10 +32,18 @@ def new_request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
+def incoming_trace(headers: list[tuple[bytes, bytes]]) -> context.Context | None:
+    """The caller's trace context when it sent one (`traceparent`), else None (a new trace)."""
+    carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers
+               if name in (b"traceparent", b"tracestate")}  # fmt: skip
+    return propagate.extract(carrier) if carrier else None
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: Metrics, tracer: Tracer) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracer = tracer
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -37,8 +51,14 @@ class RequestContextMiddleware:
             return
         request_id = new_request_id(scope["headers"])
         scope["sentrail_request_id"] = request_id
+        method = scope["method"]
+        span = self.tracer.start_span(method, incoming_trace(scope["headers"]), SpanKind.SERVER,
+                                      {"http.request.method": method, "url.path": scope["path"]})  # fmt: skip
+        token = context.attach(trace.set_span_in_context(span))
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        structlog.contextvars.bind_contextvars(
+            request_id=request_id, trace_id=format(span.get_span_context().trace_id, "032x")
+        )
         status = 500
         header = (b"x-request-id", request_id.encode())
 
@@ -56,6 +76,12 @@ class RequestContextMiddleware:
         finally:
             self.metrics.inflight.dec()
             route = scope.get("path_template") or "unmatched"
+            span.update_name(f"{method} {route}")
+            span.set_attributes({"http.route": route, "http.response.status_code": status})
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            context.detach(token)
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             elapsed = time.perf_counter() - started
             self.metrics.latency.labels(route).observe(elapsed)

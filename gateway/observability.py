@@ -18,7 +18,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span
 
 from .protocol import ChatCompletionRequest
 
@@ -83,14 +82,6 @@ def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         event["trace_id"] = format(context.trace_id, "032x")
         event["span_id"] = format(context.span_id, "016x")
     return event
-
-
-def bind_server_span(span: Span, _: Any) -> None:
-    """Litestar's server-span hook: the request's trace id goes into the log context, so that the lines
-    logged after the span closed (the access line) carry it too."""
-    context = span.get_span_context()
-    if context.is_valid:
-        structlog.contextvars.bind_contextvars(trace_id=format(context.trace_id, "032x"))
 
 
 class StepAttributes(SpanProcessor):

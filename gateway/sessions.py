@@ -32,6 +32,27 @@ from .protocol import AssistantMessage, ChatCompletionRequest, ToolMessage
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _encoder = msgspec.json.Encoder()
 
+# KEYS: meta, steps, calls, labels, the tenant's index. ARGV: created_at, now, tokens in, tokens out, calls
+# emitted, the step's JSON, ttl, session id, n call updates, then n (call id, call JSON) pairs, then labels.
+_COMMIT_STEP = """
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'steps', 1)
+redis.call('HINCRBY', KEYS[1], 'tokens_in', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'tokens_out', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'tool_calls', ARGV[5])
+redis.call('RPUSH', KEYS[2], ARGV[6])
+local i = 10
+for _ = 1, tonumber(ARGV[9]) do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if i <= #ARGV then redis.call('SADD', KEYS[4], unpack(ARGV, i)) end
+for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ARGV[7]) end
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[8])
+return 1
+"""
+
 
 class ToolCallRecord(msgspec.Struct, omit_defaults=True):
     name: str
@@ -204,28 +225,20 @@ class SessionStore:
     def queue_commit(
         self, pipe: Pipeline, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]
     ) -> None:
-        """The step's writes, queued on a transaction the caller executes (with more of its own)."""
+        """The step's writes, queued on a transaction the caller executes (with more of its own): one
+        script call, so Redis parses one command and the client one reply."""
         state = pending.state
-        meta_key, steps_key, calls_key, labels_key = _keys(state.tenant, state.session_id)
-        now = step.at
-        pipe.hsetnx(meta_key, "created_at", repr(state.created_at))
-        pipe.hset(meta_key, "updated_at", repr(now))
-        pipe.hincrby(meta_key, "steps", 1)
-        pipe.hincrby(meta_key, "tokens_in", step.usage.get("input", 0))
-        pipe.hincrby(meta_key, "tokens_out", step.usage.get("output", 0))
-        pipe.hincrby(meta_key, "tool_calls", len(emitted_calls))
-        pipe.rpush(steps_key, _encoder.encode(step))
         updates = {call_id: _encoder.encode(call) for call_id, call in emitted_calls.items()}
         for call_id in pending.answered:
             answered = msgspec.structs.replace(state.calls[call_id], answered=True)
             updates[call_id] = _encoder.encode(answered)
-        if updates:
-            pipe.hset(calls_key, mapping=updates)
-        if pending.new_labels:
-            pipe.sadd(labels_key, *sorted(pending.new_labels))
-        for key in (meta_key, steps_key, calls_key, labels_key):
-            pipe.expire(key, self.ttl_s)
-        pipe.zadd(_index(state.tenant), {state.session_id: now})
+        keys = (*_keys(state.tenant, state.session_id), _index(state.tenant))
+        args = [
+            repr(state.created_at), repr(step.at), step.usage.get("input", 0), step.usage.get("output", 0),
+            len(emitted_calls), _encoder.encode(step), self.ttl_s, state.session_id, len(updates),
+            *(item for pair in updates.items() for item in pair), *sorted(pending.new_labels),
+        ]  # fmt: skip
+        pipe.eval(_COMMIT_STEP, len(keys), *keys, *args)
 
     async def steps(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
         _, steps_key, _, _ = _keys(tenant, session_id)

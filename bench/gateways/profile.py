@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--no-spy", action="store_true", help="measure only (req/s, CPU per request): for A/B runs")
     args = parser.parse_args()
 
     cores = sorted(os.sched_getaffinity(0))
@@ -94,24 +95,38 @@ def main() -> None:
         gateway.wait_ready()
         asyncio.run(load(port, args.stream, 2, args.concurrency))  # warm up
         collapsed = RESULTS / f"profile-sentrail-{args.config}{'-stream' if args.stream else ''}.txt"
-        recorder = subprocess.Popen([str(spy), "record", "--pid", str(gateway.process.pid), "--format", "raw",
-                                     "--rate", "250", "--output", str(collapsed), "--nonblocking"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        time.sleep(1)
-        cpu_before = tree_cpu_s(gateway.process.pid)
+        recorder = None
+        if not args.no_spy:
+            recorder = subprocess.Popen([str(spy), "record", "--pid", str(gateway.process.pid), "--format", "raw",
+                                         "--rate", "250", "--output", str(collapsed), "--nonblocking"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            time.sleep(1)
+        cpu_before, own_before = tree_cpu_s(gateway.process.pid), process_cpu_s(gateway.process.pid)
         started = time.monotonic()
         answered = asyncio.run(load(port, args.stream, args.seconds, args.concurrency))
         wall = time.monotonic() - started
         cpu = tree_cpu_s(gateway.process.pid) - cpu_before
-        recorder.send_signal(2)  # SIGINT: py-spy writes its output and exits
-        recorder.wait(timeout=60)
+        own = process_cpu_s(gateway.process.pid) - own_before
+        if recorder is not None:
+            recorder.send_signal(2)  # SIGINT: py-spy writes its output and exits
+            recorder.wait(timeout=60)
     finally:
         gateway.stop()
         stub.terminate()
+    per = 1000 / max(answered, 1)
     print(f"sentrail-{args.config} {'stream' if args.stream else 'json'} c={args.concurrency}: "
-          f"{answered / wall:.0f} req/s, {1000 * cpu / max(answered, 1):.2f} CPU ms per request "
-          f"(py-spy sampling adds some)\n")  # fmt: skip
-    print(top(collapsed, args.top))
+          f"{answered / wall:.0f} req/s, {cpu * per:.3f} CPU ms per request "
+          f"(gateway process {own * per:.3f}, its children {(cpu - own) * per:.3f})"
+          f"{'' if args.no_spy else ' (py-spy sampling adds some)'}\n")  # fmt: skip
+    if not args.no_spy:
+        print(top(collapsed, args.top))
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of the process itself (not its children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,18 @@ async def test_log_lines_and_spans_of_a_step_share_ids(make_client, logs, spans)
     assert decided["span_id"] == format(tool_span.context.span_id, "016x")
 
 
+async def test_a_callers_traceparent_continues_its_trace(make_client, spans):
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with make_client() as client:
+        response = await client.post("/v1/chat/completions", json=MAIL,
+                                     headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})  # fmt: skip
+    assert response.status_code == 200
+    (server,) = [s for s in spans.get_finished_spans() if s.name == "POST /v1/chat/completions"]
+    assert format(server.context.trace_id, "032x") == trace_id
+    assert format(server.parent.span_id, "016x") == parent_id
+    assert server.attributes["http.response.status_code"] == 200 and server.attributes["http.route"]
+
+
 async def test_content_is_not_traced_by_default(make_client, spans):
     async with make_client() as client:
         await client.post("/v1/chat/completions", json=MAIL)

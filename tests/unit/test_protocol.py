@@ -120,9 +120,16 @@ def test_unknown_fields_are_ignored_and_never_forwarded():
     sent = msgspec.json.decode(upstream)
     assert "frobnicate" not in sent
     assert sent["model"] == "upstream-name"
-    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert not sent.get("stream") and "stream_options" not in sent  # one JSON answer
     assert sent["temperature"] == 0.5
     assert "tools" not in sent  # unset optional fields are omitted, not sent as null
+
+
+@pytest.mark.parametrize("fields", [{"stream": True}, {"tools": [TOOL]}])
+def test_streams_and_tool_requests_go_upstream_as_streams_with_usage(fields):
+    request = decode_chat_request(body(**fields))
+    sent = msgspec.json.decode(OpenAIEngine("e", "http://127.0.0.1:1", "u").upstream_body(request))
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
 
 
 def test_accumulates_text_and_usage():

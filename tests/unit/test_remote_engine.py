@@ -9,9 +9,10 @@ import pytest
 from engines.base import EngineError, EngineRejected, EngineUnavailable
 from engines.remote import OpenAIEngine
 from gateway.protocol import ChatCompletionRequest, UserMessage
+from gateway.streaming import Accumulator
 from tests.doubles import text_chunks
 
-REQUEST = ChatCompletionRequest(model="public", messages=[UserMessage("hi")])
+REQUEST = ChatCompletionRequest(model="public", messages=[UserMessage("hi")], stream=True)
 
 
 def engine_answering(handler) -> OpenAIEngine:
@@ -22,8 +23,8 @@ def sse(*events: bytes) -> bytes:
     return b"".join(b"data: " + e + b"\n\n" for e in events)
 
 
-async def collect(engine: OpenAIEngine):
-    return [chunk async for chunk in engine.generate(REQUEST, "req-1")]
+async def collect(engine: OpenAIEngine, request: ChatCompletionRequest = REQUEST):
+    return [chunk async for chunk in engine.generate(request, "req-1")]
 
 
 async def test_streams_chunks_until_done():
@@ -40,6 +41,39 @@ async def test_streams_chunks_until_done():
     assert chunks[-1].usage is not None
     assert seen["body"]["model"] == "upstream-model" and seen["body"]["stream"] is True
     assert seen["request_id"] == "req-1"
+
+
+async def test_a_plain_request_gets_one_answer_as_one_chunk():
+    seen = {}
+    answer = {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "upstream-model",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": {
+            "role": "assistant", "content": "Checking.", "reasoning_content": None,
+            "tool_calls": [{"id": "call_9", "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": None},
+    }  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["body"] = msgspec.json.decode(request.content)
+        return httpx.Response(200, json=answer)
+
+    plain = msgspec.structs.replace(REQUEST, stream=False)
+    (chunk,) = await collect(engine_answering(handler), plain)
+    assert not seen["body"].get("stream") and "stream_options" not in seen["body"]
+    accumulator = Accumulator()
+    accumulator.add(chunk)
+    result = accumulator.result("public")
+    assert result.choices[0].message.content == "Checking." and result.choices[0].finish_reason == "tool_calls"
+    (call,) = result.choices[0].message.tool_calls
+    assert (call.id, call.function.name, call.function.arguments) == ("call_9", "get_weather", '{"city": "Paris"}')
+    assert result.usage.total_tokens == 8 and result.id == "chatcmpl-1"
+
+
+async def test_an_unreadable_plain_answer_is_an_unavailable_engine():
+    engine = engine_answering(lambda request: httpx.Response(200, content=b"<html>"))
+    with pytest.raises(EngineUnavailable, match="unreadable answer"):
+        await collect(engine, msgspec.structs.replace(REQUEST, stream=False))
 
 
 @pytest.mark.parametrize(

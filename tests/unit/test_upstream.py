@@ -11,7 +11,7 @@ from engines.upstream import split_lines
 from gateway.protocol import ChatCompletionRequest, UserMessage
 from tests.doubles import text_chunks
 
-REQUEST = ChatCompletionRequest(model="public", messages=[UserMessage("hi")])
+REQUEST = ChatCompletionRequest(model="public", messages=[UserMessage("hi")], stream=True)
 
 
 async def parts(*chunks: bytes):
