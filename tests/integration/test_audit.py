@@ -118,3 +118,22 @@ async def test_writes_sharing_the_transaction_apply_once_when_the_chain_retries(
         await client.aclose()
     assert verdict.ok and verdict.records == 3, verdict
     assert writes == 1
+
+
+async def test_concurrent_appends_in_one_replica_share_transactions(redis_server):
+    """Group commit: appends that arrive while a transaction is in flight are chained behind it and
+    written together, never racing each other for the head (each race would cost a retried round trip)."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    log = AuditLog(client)
+    before = await eval_calls(client)
+    records = await asyncio.gather(*(log.append("batched", [{"type": "e", "n": i}] * 2) for i in range(50)))
+    scripts = await eval_calls(client) - before
+    verdict = await log.verify("batched")
+    await client.aclose()
+    assert verdict.ok and verdict.records == 100, verdict
+    assert sorted(r["seq"] for batch in records for r in batch) == list(range(1, 101))
+    assert scripts < 50, f"{scripts} script calls for 50 appends: no batching"
+
+
+async def eval_calls(client: aioredis.Redis) -> int:
+    return (await client.info("commandstats")).get("cmdstat_eval", {}).get("calls", 0)
