@@ -195,6 +195,8 @@ class EnginePool:
         """A slot came free: wake the longest waiter, who takes it. Not every waiter: under overload that
         is O(waiters) work per finished request. A waiter that cannot use the slot (it already tried that
         engine) sleeps on; the health watcher wakes everyone every few seconds (`readiness`)."""
+        if not model.waiting:  # nobody to wake (a waiter counts itself before it first looks for a slot)
+            return
         async with model.changed:
             model.changed.notify(1)
 

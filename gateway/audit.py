@@ -23,16 +23,18 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.client import Pipeline
 
 log = structlog.get_logger("sentrail.audit")
+Command = Sequence[str]  # one Redis command: its name, then its arguments, as text
+_json = msgspec.json.Encoder()
 GENESIS = "0" * 64
 SYSTEM = "_system"
 
@@ -53,11 +55,15 @@ def seal(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
 
 
-# KEYS: head, stream. ARGV: the head the records were chained onto ("" for none), the new head, the records.
+# KEYS: head, stream. ARGV: the head the records were chained onto ("" for none), the new head, the
+# caller's write commands as one JSON array of string arrays, then the records. The caller's writes always
+# apply (once: a retry sends none); the records only onto the expected head. (The writes travel as one
+# JSON argument: the client packs 4 arguments instead of ~60, a third of the CPU of a step's commit.)
 _APPEND = """
+for _, command in ipairs(cjson.decode(ARGV[3])) do redis.call(unpack(command)) end
 local head = redis.call('GET', KEYS[1]) or ''
 if head ~= ARGV[1] then return {0, head} end
-for i = 3, #ARGV do redis.call('XADD', KEYS[2], '*', 'r', ARGV[i]) end
+for i = 4, #ARGV do redis.call('XADD', KEYS[2], '*', 'r', ARGV[i]) end
 redis.call('SET', KEYS[1], ARGV[2])
 return {1, ARGV[2]}
 """
@@ -68,7 +74,7 @@ class _Append:
     """One caller's append, waiting for its tenant's writer."""
 
     events: list[dict[str, Any]]
-    with_writes: Callable[[Pipeline], None] | None
+    writes: Sequence[Command]
     at: float
     done: asyncio.Future[list[dict[str, Any]]]
 
@@ -81,13 +87,14 @@ class AuditLog:
         self._heads: dict[str, bytes] = {}  # tenant -> the last head this replica saw ("seq:hash")
         self._queues: dict[str, list[_Append]] = {}  # tenant -> appends waiting for the tenant's writer
         self._writers: dict[str, asyncio.Task[None]] = {}
+        self._append = redis.register_script(_APPEND)  # EVALSHA, loaded again if Redis lost it
 
     async def append(
-        self, tenant: str, events: Iterable[dict[str, Any]], with_writes: Callable[[Pipeline], None] | None = None
+        self, tenant: str, events: Iterable[dict[str, Any]], writes: Sequence[Command] = ()
     ) -> list[dict[str, Any]]:
         """Chain `events` (each: `type` plus fields) onto the tenant's log, atomically; the sealed records.
-        `with_writes` queues the caller's own writes into the same transaction (one round trip for a
-        step's session record and its audit records); they are applied once, even if the chain retries.
+        `writes` are the caller's own Redis commands, applied in the same script call (one round trip,
+        one command, for a step's session record and its audit records); once, even if the chain retries.
 
         Group commit: one writer per tenant chains whatever appends arrived while its last transaction
         was in flight and writes them in one transaction, so concurrent requests in one replica never
@@ -98,7 +105,7 @@ class AuditLog:
             return []
         done: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
         done.add_done_callback(_retrieve)
-        self._queues.setdefault(tenant, []).append(_Append(events, with_writes, time.time(), done))
+        self._queues.setdefault(tenant, []).append(_Append(events, writes, time.time(), done))
         if tenant not in self._writers:
             # its own context: the writer serves many requests and carries none's log or trace context
             self._writers[tenant] = asyncio.create_task(self._write(tenant), context=contextvars.Context())
@@ -130,7 +137,8 @@ class AuditLog:
         head = self._heads.get(tenant)
         if head is None:
             head = await self.redis.get(_head(tenant)) or b""
-        writes = [item.with_writes for item in batch if item.with_writes is not None]
+        writes = _json.encode([command for item in batch for command in item.writes])
+        keys = [_head(tenant), _stream(tenant)]
         while True:  # chain onto `head`; if another replica moved it, chain onto what it is now
             seq, prev = _parse_head(head)
             sealed = []
@@ -144,12 +152,8 @@ class AuditLog:
                 sealed.append(records)
             new_head = f"{seq}:{prev}".encode()
             lines = [canonical(record) for records in sealed for record in records]
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for queue_writes in writes:
-                    queue_writes(pipe)
-                pipe.eval(_APPEND, 2, _head(tenant), _stream(tenant), head, new_head, *lines)
-                done, head = (await pipe.execute())[-1]
-            writes = []
+            done, head = await self._append(keys, [head, new_head, writes, *lines])
+            writes = b"[]"
             if done:
                 break
         self._heads[tenant] = new_head

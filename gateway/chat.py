@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
@@ -268,8 +267,8 @@ class ChatService:
         if self.audit is not None:  # before the response completes: a client never holds an unaudited answer
             rails_version = self.guard.rails.version if self.guard is not None else ""
             events = step_events(run, step, self.audit_content, rails_version)
-            session_writes = partial(self.sessions.queue_commit, pending=pending, step=step, emitted_calls=emitted)
-            await self.audit.append(run.ctx.key.tenant, events, with_writes=session_writes)  # one round trip
+            writes = self.sessions.step_writes(pending, step, emitted)
+            await self.audit.append(run.ctx.key.tenant, events, writes)  # one command, one round trip
         else:
             await self.sessions.commit(pending, step, emitted)
         await self.limiter.add_tokens(run.ctx.key, usage.total_tokens)

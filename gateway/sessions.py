@@ -7,8 +7,9 @@ One session is four keys sharing a hash tag (so one MULTI covers them, on Cluste
   labels  set: data-flow labels; only ever added to
 plus a per-tenant index (sorted set by last update) for listing.
 
-Hot path: `begin` reads the session in one pipelined round trip; `commit` writes the whole step in
-one MULTI/EXEC. A client that edits or drops its resent history changes nothing stored here.
+Hot path: `begin` reads the session in one pipelined round trip; the step's writes go in one atomic
+call, shared with its audit records (`step_writes`), or one MULTI/EXEC (`commit`). A client that
+edits or drops its resent history changes nothing stored here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from rails.pipeline import Decision
 
@@ -31,27 +31,6 @@ from .protocol import AssistantMessage, ChatCompletionRequest, ToolMessage
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _encoder = msgspec.json.Encoder()
-
-# KEYS: meta, steps, calls, labels, the tenant's index. ARGV: created_at, now, tokens in, tokens out, calls
-# emitted, the step's JSON, ttl, session id, n call updates, then n (call id, call JSON) pairs, then labels.
-_COMMIT_STEP = """
-redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'steps', 1)
-redis.call('HINCRBY', KEYS[1], 'tokens_in', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'tokens_out', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'tool_calls', ARGV[5])
-redis.call('RPUSH', KEYS[2], ARGV[6])
-local i = 10
-for _ = 1, tonumber(ARGV[9]) do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-if i <= #ARGV then redis.call('SADD', KEYS[4], unpack(ARGV, i)) end
-for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ARGV[7]) end
-redis.call('ZADD', KEYS[5], ARGV[2], ARGV[8])
-return 1
-"""
 
 
 class ToolCallRecord(msgspec.Struct, omit_defaults=True):
@@ -219,26 +198,37 @@ class SessionStore:
     async def commit(self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]) -> None:
         """Write the whole step atomically (one MULTI/EXEC)."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            self.queue_commit(pipe, pending, step, emitted_calls)
+            for command in self.step_writes(pending, step, emitted_calls):
+                pipe.execute_command(*command)
             await pipe.execute()
 
-    def queue_commit(
-        self, pipe: Pipeline, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]
-    ) -> None:
-        """The step's writes, queued on a transaction the caller executes (with more of its own): one
-        script call, so Redis parses one command and the client one reply."""
+    def step_writes(
+        self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]
+    ) -> list[list[str]]:
+        """The step's writes as Redis commands (text arguments): for `commit`, or for the audit log to apply
+        in the same script call as the step's audit records (one command and one round trip for both)."""
         state = pending.state
-        updates = {call_id: _encoder.encode(call) for call_id, call in emitted_calls.items()}
+        meta_key, steps_key, calls_key, labels_key = _keys(state.tenant, state.session_id)
+        now, ttl = repr(step.at), str(self.ttl_s)
+        writes = [
+            ["HSETNX", meta_key, "created_at", repr(state.created_at)],
+            ["HSET", meta_key, "updated_at", now],
+            ["HINCRBY", meta_key, "steps", "1"],
+            ["HINCRBY", meta_key, "tokens_in", str(step.usage.get("input", 0))],
+            ["HINCRBY", meta_key, "tokens_out", str(step.usage.get("output", 0))],
+            ["HINCRBY", meta_key, "tool_calls", str(len(emitted_calls))],
+            ["RPUSH", steps_key, _encoder.encode(step).decode()],
+        ]
+        updates = {call_id: _encoder.encode(call).decode() for call_id, call in emitted_calls.items()}
         for call_id in pending.answered:
-            answered = msgspec.structs.replace(state.calls[call_id], answered=True)
-            updates[call_id] = _encoder.encode(answered)
-        keys = (*_keys(state.tenant, state.session_id), _index(state.tenant))
-        args = [
-            repr(state.created_at), repr(step.at), step.usage.get("input", 0), step.usage.get("output", 0),
-            len(emitted_calls), _encoder.encode(step), self.ttl_s, state.session_id, len(updates),
-            *(item for pair in updates.items() for item in pair), *sorted(pending.new_labels),
-        ]  # fmt: skip
-        pipe.eval(_COMMIT_STEP, len(keys), *keys, *args)
+            updates[call_id] = _encoder.encode(msgspec.structs.replace(state.calls[call_id], answered=True)).decode()
+        if updates:
+            writes.append(["HSET", calls_key, *(item for pair in updates.items() for item in pair)])
+        if pending.new_labels:
+            writes.append(["SADD", labels_key, *sorted(pending.new_labels)])
+        writes += [["EXPIRE", key, ttl] for key in (meta_key, steps_key, calls_key, labels_key)]
+        writes.append(["ZADD", _index(state.tenant), now, state.session_id])
+        return writes
 
     async def steps(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
         _, steps_key, _, _ = _keys(tenant, session_id)

@@ -43,6 +43,11 @@ _ALLOW = Verdict(Action.ALLOW)
 
 @runtime_checkable
 class Rail(Protocol):
+    """Optional attributes: `modifies` (True: may rewrite the content; runs in the maskers' phase) and
+    `local` (True: `check` is CPU work that never waits on I/O, so the pipeline calls it inline, without
+    a task or a timeout: a timeout cannot interrupt CPU work, and a task per check costs more than most
+    local checks)."""
+
     name: str
     stage: Stage
 

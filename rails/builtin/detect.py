@@ -216,6 +216,7 @@ class DetectRail:
         self.name, self.stage, self.action = name, stage, action
         self.detectors = detectors
         self.modifies = action == "mask"
+        self.local = True  # check() is CPU work on the text: run inline, no timeout task
 
     async def check(self, content: str) -> Verdict:
         findings = find_all(self.detectors, content)

@@ -246,6 +246,7 @@ class InjectionRail:
     """Blocks content whose injection score reaches `threshold` (0..1)."""
 
     modifies = False
+    local = True  # check() is CPU work on the text: run inline, no timeout task
 
     def __init__(self, name: str, stage: Stage, threshold: float = 0.5) -> None:
         self.name, self.stage, self.threshold = name, stage, threshold

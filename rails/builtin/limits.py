@@ -12,6 +12,7 @@ class LengthRail:
     """Blocks content longer than `max_chars`."""
 
     modifies = False
+    local = True  # check() is CPU work on the text: run inline, no timeout task
 
     def __init__(self, name: str, stage: Stage, max_chars: int) -> None:
         self.name, self.stage, self.max_chars = name, stage, max_chars
@@ -26,6 +27,7 @@ class DenyRail:
     """Blocks content matching any regex or containing any keyword (case-insensitive, whole words)."""
 
     modifies = False
+    local = True  # check() is CPU work on the text: run inline, no timeout task
 
     def __init__(self, name: str, stage: Stage, patterns: Sequence[str] = (), keywords: Sequence[str] = ()) -> None:
         self.name, self.stage = name, stage

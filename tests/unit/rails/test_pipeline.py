@@ -100,3 +100,46 @@ async def test_one_span_per_rail_with_the_verdict():
     assert spans["apply_guardrail deny"]["gen_ai.guardrail.result"] == "block"
     assert spans["apply_guardrail deny"]["gen_ai.guardrail.reason"] == "nope"
     assert spans["apply_guardrail mask"]["gen_ai.guardrail.result"] == "modify"
+
+
+async def test_local_rails_run_inline_before_the_others_and_a_block_skips_them():
+    """A local rail's check runs in the caller's task (no task, no timeout); its block means the rails
+    that wait on I/O are never started."""
+    caller = asyncio.current_task()
+    ran_in = []
+
+    class Local(Rail):
+        local = True
+
+        async def check(self, content):
+            ran_in.append(asyncio.current_task())
+            return await super().check(content)
+
+    remote = Rail("remote", delay=0.01)
+    passing, blocking = Local("passes"), Local("blocks", Verdict.block("bad"))
+    result = await RailPipeline([Configured(remote), Configured(passing), Configured(blocking)]).run(Stage.INPUT, "x")
+    assert result.blocked.rail == "blocks"
+    assert ran_in == [caller, caller]
+    assert remote.seen == []
+    passing_only = await RailPipeline([Configured(remote), Configured(passing)]).run(Stage.INPUT, "y")
+    assert passing_only.blocked is None and remote.seen == ["y"]
+
+
+async def test_a_local_rail_gets_a_span_only_for_a_decision_and_is_listed_when_it_allows():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+
+    class Local(Rail):
+        local = True
+
+    rails = [Configured(Local("fine")), Configured(Local("stop", Verdict.block("nope")))]
+    with tracer.start_as_current_span("request"):
+        await RailPipeline(rails, tracer).run(Stage.INPUT, "x")
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert "apply_guardrail fine" not in spans
+    assert spans["request"].attributes["sentrail.rails.input.passed"] == ("fine",)
+    stop = spans["apply_guardrail stop"]
+    assert stop.attributes["gen_ai.guardrail.result"] == "block" and stop.start_time <= stop.end_time
+    assert stop.parent.span_id == spans["request"].context.span_id
