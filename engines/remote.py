@@ -30,7 +30,8 @@ from gateway.protocol import (
 )
 
 from .base import EngineError, EngineRejected, EngineUnavailable
-from .upstream import AiohttpUpstream, HttpxUpstream, Upstream, UpstreamIOError, UpstreamResponse
+from .http1 import Http1Upstream
+from .upstream import HttpxUpstream, Upstream, UpstreamIOError, UpstreamResponse
 
 log = structlog.get_logger("sentrail.engine")
 
@@ -59,7 +60,7 @@ _encoder = msgspec.json.Encoder()
 
 class OpenAIEngine:
     """One OpenAI-compatible upstream; `upstream_model` is the name the upstream knows the model by.
-    On the network it speaks aiohttp; with a `transport` (in-process app, tests) it speaks httpx."""
+    On the network it speaks HTTP/1.1 itself (`http1.py`); with a `transport` (in-process app, tests), httpx."""
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class OpenAIEngine:
         self._upstream: Upstream = (
             HttpxUpstream(self.base_url, headers, connect_timeout_s, read_timeout_s, transport)
             if transport is not None
-            else AiohttpUpstream(self.base_url, headers, connect_timeout_s, read_timeout_s)
+            else Http1Upstream(self.base_url, headers, connect_timeout_s, read_timeout_s)
         )
         self._streams: dict[str, UpstreamResponse] = {}
 

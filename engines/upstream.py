@@ -1,10 +1,11 @@
-"""The HTTP client under `OpenAIEngine`: aiohttp on the network, httpx where a transport is given.
+"""The HTTP client interface under `OpenAIEngine`: `http1.Http1Upstream` on the network, httpx where a
+transport is given.
 
-Why two: every request of the gateway is one streamed upstream call, and the client's cost per call is
-a large part of the gateway's own. Against a fast stub, a 16-chunk stream costs 0.34-0.38 ms of CPU
-with aiohttp and 1.24-1.28 ms with httpx (paired runs on this machine). httpx stays for what only it
-offers: a pluggable transport, used by the in-process engine (an ASGI app in this process) and by
-unit tests (a mock transport).
+Why two: every request of the gateway is one upstream call, and the client's cost per call is a large
+part of the gateway's own. Against a fast stub, a 16-chunk stream cost 0.34-0.38 ms of CPU with aiohttp
+and 1.24-1.28 ms with httpx (paired runs on this machine); the lean HTTP/1.1 client costs less than
+aiohttp (see `http1.py`). httpx stays for what only it offers: a pluggable transport, used by the
+in-process engine (an ASGI app in this process) and by unit tests (a mock transport).
 
 Both read SSE lines without a line-length limit, honour a read timeout (the longest silence) and raise
 `UpstreamIOError` for anything that goes wrong on the wire, also while the caller reads the stream
@@ -17,7 +18,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import aiohttp
 import httpx
 
 
@@ -62,61 +62,6 @@ async def split_lines(parts: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             partial.append(rest)
     if partial:
         yield b"".join(partial).rstrip(b"\r")
-
-
-class _AiohttpResponse:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self.status = response.status
-
-    def lines(self) -> AsyncIterator[bytes]:
-        return split_lines(self._response.content.iter_any())
-
-    async def read(self) -> bytes:
-        return await self._response.read()
-
-    async def close(self) -> None:
-        self._response.close()  # closes the connection: how a vLLM or NIM server learns to abort
-
-
-class AiohttpUpstream:
-    def __init__(self, base_url: str, headers: dict[str, str], connect_timeout_s: float, read_timeout_s: float) -> None:
-        self.base_url = base_url
-        self._headers = headers
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    def open(self) -> None:
-        """Sessions belong to a running loop: made on first use, and again after `close` (a restart)."""
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                self.base_url, headers=self._headers, timeout=self._timeout, connector=connector
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def status(self, path: str, timeout_s: float) -> int | None:
-        self.open()
-        assert self._session is not None
-        try:
-            async with self._session.get(path, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-                await response.read()
-                return response.status
-        except (aiohttp.ClientError, TimeoutError):
-            return None
-
-    @contextlib.asynccontextmanager
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[UpstreamResponse]:
-        self.open()
-        assert self._session is not None
-        try:
-            async with self._session.post(path, data=body, headers=headers) as response:
-                yield _AiohttpResponse(response)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamIOError(type(exc).__name__) from exc
 
 
 class _HttpxResponse:

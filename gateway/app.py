@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -125,6 +126,8 @@ def create_app(
         await audit.append(SYSTEM, [{**event, "gateway": socket.gethostname()} for event in loaded])
         record = partial(audit.append, SYSTEM)
         watchers.append(asyncio.create_task(watch_folder(policies, settings.rails_reload_s, reloaders, record)))
+        gc.collect()
+        gc.freeze()  # what startup built stays: full collections under load then scan only per-request garbage
         log.info("gateway_ready", models=pool.model_ids, dev_mode=settings.dev_mode)
         try:
             yield

@@ -1,17 +1,22 @@
-"""The network client under OpenAIEngine (aiohttp) against a real local HTTP server: SSE lines of any
-length and split anywhere, the connection reused across requests, an early close seen by the server."""
+"""The network client under OpenAIEngine (engines/http1.py) against a real local HTTP server: SSE lines of
+any length and split anywhere, plain JSON answers, the connection reused across requests and replaced when
+the server dropped it, an early close seen by the server, an unreachable server."""
 
 import asyncio
 
 import msgspec
+import pytest
 from aiohttp import web
 
+from engines.base import EngineUnavailable
 from engines.remote import OpenAIEngine
 from engines.upstream import split_lines
 from gateway.protocol import ChatCompletionRequest, UserMessage
 from tests.doubles import text_chunks
 
 REQUEST = ChatCompletionRequest(model="public", messages=[UserMessage("hi")], stream=True)
+ANSWER = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "plain " * 2000}}]}  # fmt: skip
 
 
 async def parts(*chunks: bytes):
@@ -35,6 +40,8 @@ class Server:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.ports.add(request.transport.get_extra_info("peername")[1])
+        if not (await request.json()).get("stream"):
+            return web.json_response(ANSWER)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
@@ -48,10 +55,10 @@ class Server:
         return response
 
 
-async def serving(server: Server):
+async def serving(server: Server, keepalive_timeout_s: float = 75.0):
     app = web.Application()
     app.router.add_post("/v1/chat/completions", server.chat)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, keepalive_timeout=keepalive_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -82,6 +89,67 @@ async def test_closing_early_is_seen_by_the_server():
         await engine.abort("r")
         await stream.aclose()
         await asyncio.wait_for(server.disconnected.wait(), timeout=5)
+    finally:
+        await engine.stop()
+        await runner.cleanup()
+
+
+async def test_a_plain_answer_and_a_connection_the_server_dropped_meanwhile():
+    server = Server(events=3)
+    runner, port = await serving(server, keepalive_timeout_s=0.05)
+    engine = OpenAIEngine("e#0", f"http://127.0.0.1:{port}", "m")
+    plain = msgspec.structs.replace(REQUEST, stream=False)
+    try:
+        (chunk,) = [chunk async for chunk in engine.generate(plain, "r1")]
+        assert chunk.choices[0].delta.content == "plain " * 2000
+        await asyncio.sleep(0.3)  # the server closes the idle connection
+        chunks = [chunk async for chunk in engine.generate(REQUEST, "r2")]
+        assert len(chunks) == 3 and len(server.ports) == 2
+    finally:
+        await engine.stop()
+        await runner.cleanup()
+
+
+async def test_an_unreachable_engine_is_unavailable():
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()  # nothing listens there now
+    engine = OpenAIEngine("e#0", f"http://127.0.0.1:{port}", "m", connect_timeout_s=2)
+    try:
+        with pytest.raises(EngineUnavailable, match="ClientConnectorError"):
+            [chunk async for chunk in engine.generate(REQUEST, "r")]
+        assert await engine.check_health() is False
+    finally:
+        await engine.stop()
+
+
+async def test_cancelling_before_the_answer_began_is_seen_by_the_server():
+    """A plain request's answer comes at the end: a caller that leaves while the engine still works must
+    close the connection (the engine's server cancels the request), not leave it open."""
+    left = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            left.set()
+            raise
+        return web.json_response(ANSWER)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", slow)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    engine = OpenAIEngine("e#0", f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", "m")
+    plain = msgspec.structs.replace(REQUEST, stream=False)
+    try:
+        waiting = asyncio.ensure_future(anext(engine.generate(plain, "r")))
+        await asyncio.sleep(0.3)
+        waiting.cancel()
+        await asyncio.wait_for(left.wait(), timeout=5)
     finally:
         await engine.stop()
         await runner.cleanup()
