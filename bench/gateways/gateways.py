@@ -3,7 +3,8 @@
 Each `Gateway` is one gateway in one configuration, all in front of the same stub upstream:
 - Sentrail (this repo's `.venv`): no rails / one regex input rail / the shipped `policies/`;
 - LiteLLM proxy (`bench/.venvs/litellm`): no guardrail / one regex `litellm_content_filter` pre-call guardrail;
-- NeMo Guardrails server (`bench/.venvs/nemo`), default engine and IORails engine: no rails / one regex input rail.
+- NeMo Guardrails server (`bench/.venvs/nemo`), default engine and IORails engine: no rails / one regex input rail;
+- the reference floor (`floor.py`): a raw ASGI proxy on uvicorn with Sentrail's HTTP client, no checks at all.
 The regex never matches the benchmark prompt (the rail runs and passes); `BLOCKED_PROMPT` matches it, and
 the harness checks that it is blocked, so a rail that silently does nothing is caught.
 """
@@ -152,6 +153,14 @@ def sentrail_gateways(ports: list[int], stub_url: str, workdir: Path) -> list[Ga
         _sentrail("sentrail-default", "shipped policies/ (default rails)", ports[2], stub_url, workdir,
                   ROOT / "policies", False),
     ]  # fmt: skip
+
+
+def floor_gateway(port: int, stub_url: str) -> Gateway:
+    """The reference floor (`floor.py`): uvicorn + a raw ASGI app + Sentrail's HTTP client, nothing else."""
+    command = [str(ROOT / ".venv" / "bin" / "python"), str(HERE / "floor.py"), "--port", str(port),
+               "--upstream", stub_url]  # fmt: skip
+    return Gateway("floor", "bare ASGI proxy (reference)", "uvicorn + raw ASGI + Sentrail's HTTP client, no checks",
+                   command, port, "/health")  # fmt: skip
 
 
 def litellm_gateways(ports: list[int], stub_url: str, workdir: Path) -> list[Gateway]:

@@ -40,6 +40,20 @@ def sustained(results: dict, points: list[dict], mode: str, bound_ms: float) -> 
     return f"≥ {best}" if best else "—"
 
 
+def p99_at(results: dict, points: list[dict], rate: int) -> str:
+    """Added p99 (ms) at one open-loop rate, JSON / stream; "over" where that point was overloaded."""
+    texts = []
+    for mode in ("json", "stream"):
+        point = next((p for p in points if p["mode"] == mode and p["rate"] == rate), None)
+        if point is None:
+            texts.append("—")
+        elif point["errors"] or point["achieved_rps"] < 0.95 * point["offered_rps"]:
+            texts.append("over")
+        else:
+            texts.append(fmt(added(point, direct_point(results, mode, rate), "p99_ms")))
+    return " / ".join(texts)
+
+
 def reference_cpu(points: list[dict]) -> tuple[float | None, float | None]:
     """CPU s per 1,000 requests at the lowest open-loop rate of 300/s or more that was not overloaded (JSON)."""
     candidates = [p for p in points if p["mode"] == "json" and p["rate"] >= 300 and p["errors"] == 0]
@@ -56,7 +70,7 @@ def reference_cpu(points: list[dict]) -> tuple[float | None, float | None]:
 def markdown(results: dict, bound_ms: float, png_name: str) -> str:
     args = results["args"]
     lines = [
-        "# Added latency: Sentrail vs LiteLLM proxy vs NeMo Guardrails server",
+        "# Added latency: Sentrail vs LiteLLM proxy vs NeMo Guardrails server (and a bare-proxy floor)",
         "",
         f"Run {results['started']} on {results['machine']}; {results['pinning']}.",
         f"Command: `{' '.join(results['argv'])}`. Open-loop points {args['duration']} s each at "
@@ -67,21 +81,24 @@ def markdown(results: dict, bound_ms: float, png_name: str) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
         "",
         "Settings: no authentication anywhere (Sentrail `dev_mode`, LiteLLM without a master key, NeMo has "
-        "none); Sentrail with its embedded Redis (same core, counted in its CPU and RSS), every step recorded "
-        "in its session and hash-chained audit log, `max_concurrency: 256` and `max_waiting: 1024` so that "
-        "queueing shows as latency as with the peers (its defaults would answer 429 sooner); NeMo on "
-        "loopback with logging at WARNING (its stock server logs each request at INFO).",
+        "none); Sentrail with its embedded Redis (same core, over a Unix socket, counted in its CPU and RSS), "
+        "every step recorded in its session and hash-chained audit log and traced (OpenTelemetry SDK, no "
+        "exporter), `max_concurrency: 256` and `max_waiting: 1024` so that queueing shows as latency as with "
+        "the peers (its defaults would answer 429 sooner); NeMo on loopback with logging at WARNING (its stock "
+        "server logs each request at INFO). The floor is `floor.py`: uvicorn + a raw ASGI app + Sentrail's "
+        "HTTP client, no framework and no checks, the least a Python gateway on this stack can cost.",
         "",
         f"## Summary (sustained: no errors, ≥ 95% of the offered rate achieved, added p99 ≤ {bound_ms:g} ms)",
         "",
         "| gateway | configuration | checks | c=1 added p50 / p99 ms | c=1 stream added TTFT p50 / p99 ms | "
-        "sustained req/s JSON | sustained req/s stream | CPU s / 1k req | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "added p99 ms at 500/s JSON / stream | sustained req/s JSON | sustained req/s stream | CPU s / 1k req | "
+        "peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in results["gateways"]:
         if "failed" in entry or "points" not in entry:
             lines.append(f"| {entry['product']} | {entry['config']} | FAILED: {entry.get('failed', '?')} "
-                         "| | | | | | |")  # fmt: skip
+                         "| | | | | | | |")  # fmt: skip
             continue
         points = entry["points"]
         c1 = next((p for p in points if p["mode"] == "json" and not p["rate"]), None)
@@ -103,7 +120,8 @@ def markdown(results: dict, bound_ms: float, png_name: str) -> str:
         checks.append("blocks the rail's prompt" if sanity.get("blocks_rail_prompt") else "passes the rail's prompt")
         lines.append(
             f"| {entry['product']} | {entry['config']} | {'; '.join(checks)} | {c1_text} | {c1s_text} | "
-            f"{sustained(results, points, 'json', bound_ms)} | {sustained(results, points, 'stream', bound_ms)} | "
+            f"{p99_at(results, points, 500)} | {sustained(results, points, 'json', bound_ms)} | "
+            f"{sustained(results, points, 'stream', bound_ms)} | "
             f"{fmt(cpu)}{where} | {fmt(max(p['rss_mb'] for p in points), 0)} |"
         )
     lines += [

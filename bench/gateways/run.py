@@ -1,4 +1,5 @@
-"""Latency a gateway adds, side by side: Sentrail, LiteLLM proxy and NeMo Guardrails server, one run.
+"""Latency a gateway adds, side by side: Sentrail, LiteLLM proxy and NeMo Guardrails server, one run,
+with a reference floor (a bare ASGI proxy on the same Python HTTP stack: what no Python gateway beats).
 
 Every gateway fronts the same fast stub upstream (stub.py) and gets the same load (loadgen.py):
 closed-loop concurrency 1 (the sequential added latency) and open-loop fixed request rates, plain JSON
@@ -215,9 +216,10 @@ async def run(args: argparse.Namespace) -> dict:
     stub_url = f"http://127.0.0.1:{stub_port}"
     stub_cmd = [sys.executable, str(gw.HERE / "stub.py"), "--port", str(stub_port), "--chunks", str(args.chunks)]
     stub = subprocess.Popen(stub_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 (once, before any load)
-    all_gateways = (gw.sentrail_gateways([free_port() for _ in range(3)], stub_url, workdir)
-                    + gw.litellm_gateways([free_port() for _ in range(2)], stub_url, workdir)
-                    + gw.nemo_gateways([free_port() for _ in range(4)], stub_url, workdir))  # fmt: skip
+    all_gateways = [gw.floor_gateway(free_port(), stub_url),
+                    *gw.sentrail_gateways([free_port() for _ in range(3)], stub_url, workdir),
+                    *gw.litellm_gateways([free_port() for _ in range(2)], stub_url, workdir),
+                    *gw.nemo_gateways([free_port() for _ in range(4)], stub_url, workdir)]  # fmt: skip
     chosen = [g for g in all_gateways if g.key in select([g.key for g in all_gateways], args.gateways)]
     out: dict = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), "argv": sys.argv,
