@@ -299,13 +299,12 @@ class ChatService:
         model, request_id = request.model, ctx.request_id
         affinity = None if ctx.is_new_session else ctx.session_id  # a minted id: least loaded, not a random hash
         async with self.pool.acquire(model, affinity, tried) as engine:
-            span = self.tracer.start_span(
-                f"chat {model}", kind=SpanKind.CLIENT, attributes=chat_span_attributes(request, self.provider)
-            )
-            span.set_attribute("sentrail.engine", engine.name)
-            span.set_attribute("sentrail.request_id", request_id)
+            attributes = chat_span_attributes(request, self.provider)
+            attributes.update({"sentrail.engine": engine.name, "sentrail.request_id": request_id})
             if self.trace_content:  # the request as the engine got it: after the masking rails
-                span.set_attribute("gen_ai.input.messages", _encoder.encode(request.messages).decode())
+                attributes["gen_ai.input.messages"] = _encoder.encode(request.messages).decode()
+            span = self.tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes)
+            outcome: dict[str, Any] = {}  # set on the span once, at its end (one call, not one per value)
             stream = engine.generate(request, request_id)
             started = time.perf_counter()
             first = True
@@ -319,11 +318,11 @@ class ChatService:
                         if request.stream:  # a plain request's one chunk is its whole answer
                             self.metrics.ttft.labels(model).observe(ttft)
                             self.metrics.engine_ttft.labels(engine.name).observe(ttft)
-                        span.set_attribute("gen_ai.response.id", chunk.id)
-                        span.set_attribute("gen_ai.response.model", chunk.model)
-                        span.set_attribute("sentrail.time_to_first_chunk_s", ttft)
+                        outcome["gen_ai.response.id"] = chunk.id
+                        outcome["gen_ai.response.model"] = chunk.model
+                        outcome["sentrail.time_to_first_chunk_s"] = ttft
                     chunk.model = model
-                    self._observe(chunk, span, engine.name)
+                    self._observe(chunk, outcome, engine.name)
                     yield chunk
                 finished = True
                 ctx.mark("engine_done")
@@ -331,7 +330,7 @@ class ChatService:
             except BaseException as exc:
                 error_type = describe(exc)[0] if isinstance(exc, Exception) else "cancelled"
                 span.set_status(Status(StatusCode.ERROR, error_type))
-                span.set_attribute("error.type", error_type)
+                outcome["error.type"] = error_type
                 if isinstance(exc, EngineUnavailable):
                     self.pool.failed(engine)
                     self.metrics.engine_errors.labels(engine.name).inc()
@@ -347,18 +346,19 @@ class ChatService:
                     if not finished:
                         await engine.abort(request_id)
                         log.info("engine_request_aborted", engine=engine.name)
+                span.set_attributes(outcome)
                 if before_end is not None and finished:
                     before_end(span)
                 span.end()
 
-    def _observe(self, chunk: ChatCompletionChunk, span: Span, engine: str) -> None:
+    def _observe(self, chunk: ChatCompletionChunk, outcome: dict[str, Any], engine: str) -> None:
         for choice in chunk.choices:
             if choice.finish_reason is not None:
-                span.set_attribute("gen_ai.response.finish_reasons", (choice.finish_reason,))
+                outcome["gen_ai.response.finish_reasons"] = (choice.finish_reason,)
         usage = chunk.usage
         if usage is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+            outcome["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+            outcome["gen_ai.usage.output_tokens"] = usage.completion_tokens
             self.metrics.tokens.labels(chunk.model, "input").inc(usage.prompt_tokens)
             self.metrics.tokens.labels(chunk.model, "output").inc(usage.completion_tokens)
             self.metrics.engine_tokens.labels(engine).inc(usage.completion_tokens)

@@ -94,9 +94,7 @@ class StepAttributes(SpanProcessor):
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         bound = structlog.contextvars.get_contextvars()
-        for key, attribute in self.KEYS.items():
-            if key in bound:
-                span.set_attribute(attribute, bound[key])
+        span.set_attributes({attribute: bound[key] for key, attribute in self.KEYS.items() if key in bound})
 
 
 def bind_step(tenant: str, session_id: str) -> None:
