@@ -1,6 +1,6 @@
 """Agent sessions in Redis, always scoped by tenant.
 
-One session is four keys sharing a hash tag (so one MULTI covers them, on Cluster too):
+One session is four keys sharing a hash tag (one slot, should a Cluster layout ever be wired in):
   meta    hash: created_at, updated_at, steps, tokens_in, tokens_out, tool_calls
   steps   list: one JSON record per step, in order (list position = step number)
   calls   hash: tool-call id -> the call Sentrail emitted (name, arguments, step, decision, answered)
