@@ -1,11 +1,13 @@
 """The network client under OpenAIEngine (engines/http1.py) against a real local HTTP server: SSE lines of
-any length and split anywhere, plain JSON answers, the connection reused across requests and replaced when
-the server dropped it, an early close seen by the server, an unreachable server."""
+any length and split anywhere, plain JSON answers, https with its certificate checked, the connection
+reused and replaced when the server dropped it, an early close seen by the server, an unreachable server."""
 
 import asyncio
+import ssl
 
 import msgspec
 import pytest
+import trustme
 from aiohttp import web
 
 from engines.base import EngineUnavailable
@@ -152,4 +154,30 @@ async def test_cancelling_before_the_answer_began_is_seen_by_the_server():
         await asyncio.wait_for(left.wait(), timeout=5)
     finally:
         await engine.stop()
+        await runner.cleanup()
+
+
+async def test_an_https_engine_is_reached_and_its_certificate_checked(tmp_path, monkeypatch):
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    server = Server(events=3)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", server.chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    untrusting = OpenAIEngine("e#0", url, "m")  # the system's CAs do not know this one
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    trusting = OpenAIEngine("e#1", url, "m")
+    try:
+        with pytest.raises(EngineUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            [chunk async for chunk in untrusting.generate(REQUEST, "r1")]
+        assert len([chunk async for chunk in trusting.generate(REQUEST, "r2")]) == 3
+    finally:
+        await untrusting.stop()
+        await trusting.stop()
         await runner.cleanup()
