@@ -18,6 +18,7 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from urllib.parse import urlsplit
 
 import httptools
@@ -225,17 +226,23 @@ class Http1Upstream:
 
     async def status(self, path: str, timeout_s: float) -> int | None:
         try:
-            connection = await self._send(self._request("GET", path, b"", {}), timeout_s)
-            await _Response(connection, timeout_s).read()
+            async with self._exchange("GET", path, b"", {}, timeout_s) as response:
+                await response.read()
+                return response.status
         except UpstreamIOError:
             return None
-        self._release(connection)
-        return connection.status
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> AbstractAsyncContextManager[_Response]:
+        return self._exchange("POST", path, body, headers, self._read_timeout_s)
 
     @contextlib.asynccontextmanager
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> AsyncIterator[_Response]:
-        connection = await self._send(self._request("POST", path, body, headers), self._read_timeout_s)
+    async def _exchange(
+        self, method: str, path: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> AsyncIterator[_Response]:
+        """The response, inside the block; after it the connection goes back to the pool when the answer
+        was read to its end, else it is closed (a caller that stopped reading, failed or was cancelled)."""
+        connection = await self._send(self._request(method, path, body, headers), timeout_s)
         try:
-            yield _Response(connection, self._read_timeout_s)
+            yield _Response(connection, timeout_s)
         finally:
             self._release(connection)

@@ -5,9 +5,9 @@ upstream model name replaces the public one. A streaming request goes upstream a
 and so does one with tools (vLLM parses tool calls differently in its non-streaming path: a forced
 call came back unparsed); any other request goes as a plain request, whose one JSON answer becomes
 one chunk (rails and session fold chunks either way; one answer costs the gateway a fraction of the
-CPU of ~20 parsed events). A stream
-is read to its end, so its connection is reused; closing it early closes the connection, which is how
-vLLM and NIM learn to abort the request. The HTTP client is in `upstream.py`.
+CPU of ~20 parsed events). A stream is read to its end, so its connection is reused; closing it early
+closes the connection, which is how vLLM and NIM learn to abort the request. The HTTP clients are in
+`http1.py` (network) and `upstream.py` (their interface, and httpx for in-process transports).
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
+from .errors import retrieve_outcome
+
 log = structlog.get_logger("sentrail.audit")
 Command = Sequence[str]  # one Redis command: its name, then its arguments, as text
 _json = msgspec.json.Encoder()
@@ -104,7 +106,7 @@ class AuditLog:
         if not events:
             return []
         done: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        done.add_done_callback(_retrieve)
+        done.add_done_callback(retrieve_outcome)
         self._queues.setdefault(tenant, []).append(_Append(events, writes, time.time(), done))
         if tenant not in self._writers:
             # its own context: the writer serves many requests and carries none's log or trace context
@@ -202,12 +204,6 @@ class AuditLog:
         async for key in self.redis.scan_iter(match="sentrail:audit:{*}:head", count=1000):
             found.add(key.decode()[len("sentrail:audit:{") : -len("}:head")])
         return sorted(found)
-
-
-def _retrieve(done: asyncio.Future[Any]) -> None:
-    """An append whose caller stopped waiting: its outcome is still read (no 'never retrieved' warning)."""
-    if not done.cancelled():
-        done.exception()
 
 
 def _append_lines(path: Path, data: bytes) -> None:

@@ -7,7 +7,8 @@ and are mapped here too, so there is exactly one place that decides what a clien
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import asyncio
+from typing import Any, NamedTuple
 
 import msgspec
 from redis.exceptions import RedisError
@@ -134,3 +135,10 @@ def sse_error_event(exc: BaseException) -> bytes:
     """The final event of a stream that failed after its first byte."""
     error_type, message, param = describe(exc)
     return b"data: " + _encoder.encode(to_error_body(error_type, message, param)) + b"\n\n"
+
+
+def retrieve_outcome(done: asyncio.Future[Any]) -> None:
+    """Done-callback for a future or task nobody may await any more (its caller left): its error is
+    read here, so asyncio does not log it as "never retrieved"."""
+    if not done.cancelled():
+        done.exception()

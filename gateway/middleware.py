@@ -17,6 +17,7 @@ import structlog
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from .errors import retrieve_outcome
 from .metrics import Metrics
 
 log = structlog.get_logger("sentrail.http")
@@ -59,7 +60,7 @@ class CoalescingSend:
             self.size += len(message["body"])
             if self.writer is None:
                 self.writer = asyncio.get_running_loop().create_task(self._write())
-                self.writer.add_done_callback(_retrieve)
+                self.writer.add_done_callback(retrieve_outcome)
             elif self.size >= self.limit:
                 await self.drain()
             return
@@ -131,8 +132,3 @@ class RequestContextMiddleware:
             log.info(
                 "http_request", method=scope["method"], path=scope["path"], status=status, ms=round(elapsed * 1000, 2)
             )
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()

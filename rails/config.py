@@ -31,7 +31,6 @@ class RailsConfigError(ValueError):
 class _Common(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
     shadow: bool = False
-    timeout_s: float = 2.0
 
 
 class LengthSpec(_Common, tag_field="rail", tag="length"):
@@ -60,7 +59,7 @@ class NemoSpec(_Common, tag_field="rail", tag="nemo"):
     config: str = ""  # a NeMo Guardrails config folder, relative to the rails file
     allow_python: bool = False
     max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=IORAILS_QUEUE_DEPTH)] = 128
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # only here: the built-in rails are CPU checks that run inline (no timeout)
 
 
 RailSpec = LengthSpec | DenySpec | SecretsSpec | PiiSpec | InjectionSpec | NemoSpec
@@ -139,7 +138,8 @@ def load_rails(path: Path, resolve: ModelResolver | None = None) -> tuple[RailsC
             except NemoConfigError as exc:
                 errors.append(_entry_error(path, node, stage, index, exc))
                 continue
-            rails.append(Configured(rail, spec.shadow, spec.timeout_s))
+            timeout_s = spec.timeout_s if isinstance(spec, NemoSpec) else Configured.timeout_s
+            rails.append(Configured(rail, spec.shadow, timeout_s))
     if errors:
         raise RailsConfigError(errors)
     return config, rails

@@ -56,3 +56,12 @@ def test_file_level_errors(tmp_path, text, needle):
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(RailsConfigError, match="cannot read"):
         load_rails(tmp_path / "nope.yaml")
+
+
+def test_a_timeout_on_a_built_in_rail_is_a_load_error(tmp_path):
+    """Built-in rails run inline (CPU checks): a timeout there would be a setting that does nothing."""
+    path = tmp_path / "rails.yaml"
+    path.write_text("version: 1\nstages:\n  input:\n    - rail: deny\n      keywords: [x]\n      timeout_s: 5\n")
+    with pytest.raises(RailsConfigError, match="timeout_s") as caught:
+        load_rails(path)
+    assert caught.value.errors[0].startswith(f"{path}:")
