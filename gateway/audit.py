@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from .errors import retrieve_outcome
+from .sessions import APPLY_WRITES
 
 log = structlog.get_logger("sentrail.audit")
 Command = Sequence[str]  # one Redis command: its name, then its arguments, as text
@@ -61,14 +62,17 @@ def seal(record: dict[str, Any]) -> str:
 # caller's write commands as one JSON array of string arrays, then the records. The caller's writes always
 # apply (once: a retry sends none); the records only onto the expected head. (The writes travel as one
 # JSON argument: the client packs 4 arguments instead of ~60, a third of the CPU of a step's commit.)
-_APPEND = """
-for _, command in ipairs(cjson.decode(ARGV[3])) do redis.call(unpack(command)) end
+_APPEND = (
+    APPLY_WRITES
+    + """
+apply_writes(cjson.decode(ARGV[3]))
 local head = redis.call('GET', KEYS[1]) or ''
 if head ~= ARGV[1] then return {0, head} end
 for i = 4, #ARGV do redis.call('XADD', KEYS[2], '*', 'r', ARGV[i]) end
 redis.call('SET', KEYS[1], ARGV[2])
 return {1, ARGV[2]}
 """
+)
 
 
 @dataclass

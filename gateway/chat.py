@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from engines.base import EngineUnavailable
 from engines.pool import EnginePool
 from rails.pipeline import Decision
+from rails.tools.provenance import ValueIndex
 
 from .approvals import ApprovalStore, Ticket
 from .audit import AuditLog, step_events
@@ -213,20 +215,23 @@ class ChatService:
         bind_step(ctx.key.tenant, ctx.session_id)
         ctx.mark("admitted")
         decisions: list[Decision] = []
-        if self.guard is not None:  # before the engine and the session record see the messages
-            try:
+        try:  # before the engine and the session record see the messages
+            if self.guard is not None:
                 request, decisions = await self.guard.inbound(request)
-            except ContentFiltered as blocked:  # the session records the blocked step, not its content
-                step = StepRun(request, ctx, pending, Accumulator(), api, blocked.decisions)
-                pending.flags.append(f"blocked:{blocked.param}")
-                await self._commit(step)
-                raise
-        pending.observe(request)
+            pending.observe(request)
+            if self.tools is not None:
+                self.tools.label(request, pending, decisions)
+        except ContentFiltered as blocked:  # the session records the blocked step, not its content
+            pending.received, pending.index = [], ValueIndex()
+            step = StepRun(request, ctx, pending, Accumulator(), api, blocked.decisions or decisions)
+            pending.flags.append(f"blocked:{blocked.param}")
+            await self._commit(step)
+            raise
         ctx.mark("input_rails")
         judge, delivered = None, None
         if self.tools is not None:
-            self.tools.label(pending, decisions)
-            judge = self.tools.judge(request, pending, ctx.key.tenant, self.approvals)
+            fetch = partial(self.sessions.provenance, ctx.key.tenant, ctx.session_id)
+            judge = self.tools.judge(request, pending, ctx.key.tenant, self.approvals, fetch)
             if pending.state.approved and self.approvals is not None:
                 state = pending.state
                 delivered = await self.approvals.claim(state.tenant, state.session_id, state.approved,
@@ -241,6 +246,9 @@ class ChatService:
         usage = accumulator.usage or Usage()
         number = pending.state.steps + 1
         calls = accumulator.tool_calls()
+        for decision in run.decisions:  # detect-and-label rails (the inbound ones were added in `begin`)
+            if decision.action == "label" and decision.label and not decision.shadow:
+                pending.new_labels.add(decision.label)
         step = Step(
             at=time.time(),
             request_id=run.ctx.request_id,
@@ -259,7 +267,8 @@ class ChatService:
             labels=sorted(pending.new_labels),
             timings=_commit_marks(run.ctx),
         )
-        emitted = {c.id: ToolCallRecord(c.function.name, c.function.arguments, number) for c in calls}
+        emitted = {c.id: ToolCallRecord(c.function.name, c.function.arguments, number,
+                                        pointed=pending.pointed.get(c.id, False)) for c in calls}  # fmt: skip
         for decision in run.judge.decisions if run.judge is not None else ():
             if decision.action != "allow":  # withheld calls are part of the session's history too
                 arguments = run.judge.arguments.get(decision.call_id, "")  # type: ignore[union-attr]

@@ -25,6 +25,7 @@ ERRORS: dict[str, ErrorKind] = {
     "invalid_request": ErrorKind(400, "invalid_request_error"),
     "invalid_json": ErrorKind(400, "invalid_request_error"),
     "content_filter": ErrorKind(400, "invalid_request_error"),
+    "policy_violation": ErrorKind(400, "invalid_request_error"),
     "not_found": ErrorKind(404, "invalid_request_error"),
     "model_not_found": ErrorKind(404, "invalid_request_error"),
     "method_not_allowed": ErrorKind(405, "invalid_request_error"),

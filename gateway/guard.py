@@ -150,7 +150,7 @@ class Guard:
 
     async def _check(self, stage: Stage, text: str, index: int, decisions: list[Decision]) -> str:
         result = await self.pipeline.run(stage, text)
-        decisions.extend(result.decisions)
+        decisions.extend(msgspec.structs.replace(d, message=index) for d in result.decisions)
         if result.blocked is not None:
             what = "tool result" if stage == Stage.TOOL_RESULT else "prompt"
             message = f"The {what} was blocked by rail {result.blocked.rail}: {result.blocked.reason}"

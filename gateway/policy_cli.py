@@ -17,6 +17,7 @@ from rails.builtin.nemo import Endpoint
 from rails.config import RailsConfigError
 from rails.tools.config import ToolPolicy, load_tool_policy
 from rails.tools.decide import Decider, PastCall, SessionView, canonical_arguments
+from rails.tools.provenance import ProvenanceView, ValueIndex
 from rails.tools.testing import load_cases, run_cases
 
 from .settings import Settings
@@ -34,6 +35,9 @@ def add_commands(policy: argparse._SubParsersAction, common: argparse.ArgumentPa
     explain.add_argument("--tool", required=True, help="the tool name")
     explain.add_argument("--args", default="{}", help="the call's arguments as JSON")
     explain.add_argument("--labels", default="", help="comma-separated session labels (e.g. untrusted,pii)")
+    explain.add_argument("--user", action="append", default=[], help="a user message of the session (repeatable)")
+    explain.add_argument("--result", action="append", default=[], metavar="TOOL=TEXT",
+                         help="a tool's result earlier in the session, text or JSON/YAML (repeatable)")  # fmt: skip
     replay = command("replay", "run a candidate policy set over the recorded sessions; list changed decisions")
     replay.add_argument("--candidate", required=True, help="policies directory with the candidate tools.yaml")
     replay.add_argument("--tenant", help="only this tenant's sessions")
@@ -107,6 +111,14 @@ def explain(directory: Path, args: argparse.Namespace) -> int:
     policy = load_tool_policy(directory / "tools.yaml")
     labels = {label.strip() for label in args.labels.split(",") if label.strip()}
     view = SessionView("explain", labels=labels)
+    index = ValueIndex()
+    for text in args.user:
+        index.add_message("user", text, 0)
+    for number, item in enumerate(args.result, start=1):
+        tool, _, text = item.partition("=")
+        index.add_tool_result(text, tool, number, policy.field_labels(tool))
+        view.labels |= policy.labels_for_tool(tool)
+    view.provenance = ProvenanceView(index, untrusted=policy.file.provenance.untrusted)
     decider = Decider(policy, None)
     decision = decider.decide("call_explain", args.tool, args.args, view)
     try:
@@ -114,12 +126,27 @@ def explain(directory: Path, args: argparse.Namespace) -> int:
     except json.JSONDecodeError:
         parsed = None
     print(f"policy {directory / 'tools.yaml'} version {policy.version}; labels: {', '.join(sorted(labels)) or '-'}")
+    for name, value in parsed.items() if isinstance(parsed, dict) else ():
+        print(f"  argument {name}: {describe_origins(view.provenance, value)}")
     for result in decider.evaluate("call_explain", args.tool, parsed, view) if parsed is not None else ():
         mark = "matched" if result.matched else "no match"
         shadow = " (shadow)" if result.shadow else ""
         print(f"  rule {result.rule}{shadow}: {mark}; {result.action}; when: {result.when or 'always'}")
     print(f"decision: {decision.action} (rule {decision.rule or '-'}): {decision.reason}")
     return 0
+
+
+def describe_origins(provenance: ProvenanceView, value: Any) -> str:
+    """Where a value came from, in one line: each origin, and whether a rule would call it trusted."""
+    origins = provenance.origins(value)
+    if not origins:
+        return "no origin (made up or computed by the model)"
+    parts = []
+    for o in origins:
+        where = o.source + (f" {o.tool}" if o.tool else "") + (f" {o.field}" if o.field else "")
+        tags = [*o.labels, *(["pointed"] if o.pointed else [])]
+        parts.append(where + (f" [{', '.join(tags)}]" if tags else ""))
+    return "; ".join(parts) + ("; trusted" if provenance.trusted(value) else "; not trusted")
 
 
 async def replay(settings: Settings, current_dir: Path, candidate_dir: Path, tenant: str | None, limit: int) -> int:
@@ -152,9 +179,18 @@ def replay_session(policy: ToolPolicy, tenant: str, session_id: str, steps: list
     """For each recorded decision: "" when the candidate agrees, else a line saying what changes. The
     session is rebuilt as it happened: labels of a step first, then its calls with their recorded outcomes."""
     view = SessionView(session_id, tenant=tenant)
+    index = ValueIndex()
+    view.provenance = ProvenanceView(index, untrusted=policy.file.provenance.untrusted)
     decider = Decider(policy, None)  # the request's declared tools are not recorded: schemas are not checked
     for step in steps:
         view.labels |= set(step.get("labels") or ())
+        for item in step.get("received") or ():  # as recorded: masked text; a blocked step's is not kept
+            call = calls.get(item.get("tool_call_id", ""))
+            if item.get("role") != "tool":
+                index.add_message(item.get("role", ""), item.get("content", ""), step["step"])
+            elif call is not None:
+                fields = policy.field_labels(call.name)
+                index.add_tool_result(item.get("content", ""), call.name, step["step"], fields, call.pointed)
         for recorded in step.get("tool_calls") or ():
             call = calls.get(recorded["call_id"])
             arguments = call.arguments if call is not None else "{}"

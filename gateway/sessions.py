@@ -5,6 +5,8 @@ One session is four keys sharing a hash tag (one slot, should a Cluster layout e
   steps   list: one JSON record per step, in order (list position = step number)
   calls   hash: tool-call id -> the call Sentrail emitted (name, arguments, step, decision, answered)
   labels  set: data-flow labels; only ever added to
+  prov    hash: the provenance index, value key -> the places it appeared (one JSON array a line; see
+          rails/tools/provenance.py): merged by the `PROVMERGE` write, read per step for its calls' values
 plus a per-tenant index (sorted set by last update) for listing.
 
 Hot path: `begin` reads the session in one pipelined round trip; the step's writes go in one atomic
@@ -23,6 +25,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from rails.pipeline import Decision
+from rails.tools.provenance import PROMPT, ValueIndex, decode_origins, encode_origin
 
 from .approvals import approved_key
 from .errors import BudgetExceeded, InvalidRequest, SessionNotFound
@@ -39,6 +42,7 @@ class ToolCallRecord(msgspec.Struct, omit_defaults=True):
     step: int
     decision: str = "allow"  # allow | deny | require_approval (withheld calls are recorded too)
     answered: bool = False
+    pointed: bool = False  # an argument came from the user's messages: the user pointed at its result
 
 
 class Step(msgspec.Struct):
@@ -101,6 +105,40 @@ def _keys(tenant: str, session_id: str) -> tuple[str, str, str, str]:
     return f"{tag}:meta", f"{tag}:steps", f"{tag}:calls", f"{tag}:labels"
 
 
+def _prov_key(tenant: str, session_id: str) -> str:
+    return f"sentrail:{{{tenant}|{session_id}}}:prov"
+
+
+# The session's provenance index grows by merging: each origin line is added to its key's lines unless
+# already there; beyond `cap` lines a key takes only prompt origins (the ones that make a value trusted),
+# and beyond `max_keys` keys no new key is added (bounded memory per session).
+# Command: PROVMERGE key cap max_keys (field line is_prompt)...
+# Applied by `APPLY_WRITES` inside the step's one script call, with the generic commands around it.
+APPLY_WRITES = r"""
+local function provmerge(c)
+  local key, cap, max_keys = c[2], tonumber(c[3]), tonumber(c[4])
+  local size = redis.call('HLEN', key)
+  for i = 5, #c, 3 do
+    local field, line, prompt = c[i], c[i + 1], c[i + 2] == '1'
+    local current = redis.call('HGET', key, field)
+    if not current then
+      if size < max_keys then redis.call('HSET', key, field, line); size = size + 1 end
+    elseif not string.find('\n' .. current .. '\n', '\n' .. line .. '\n', 1, true) then
+      local _, lines = string.gsub(current, '\n', '')
+      if lines + 1 < cap or prompt then redis.call('HSET', key, field, current .. '\n' .. line) end
+    end
+  end
+end
+local function apply_writes(commands)
+  for _, command in ipairs(commands) do
+    if command[1] == 'PROVMERGE' then provmerge(command) else redis.call(unpack(command)) end
+  end
+end
+"""
+_COMMIT = APPLY_WRITES + "apply_writes(cjson.decode(ARGV[1]))"
+PROV_CAP, PROV_MAX_KEYS = 8, 200_000
+
+
 def _index(tenant: str) -> str:
     return f"sentrail:tenant:{tenant}:sessions"
 
@@ -114,7 +152,7 @@ def new_messages(request: ChatCompletionRequest) -> list[Any]:
     return list(messages)
 
 
-def _text(content: Any) -> str:
+def message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     return "".join(getattr(part, "text", "") for part in content or ())
@@ -132,6 +170,12 @@ class PendingStep:
         self.tool_results: list[str] = []  # ids of calls Sentrail emitted whose results arrived now
         self.new_labels: set[str] = set()
         self.flags: list[str] = []
+        self.index = ValueIndex()  # where this step's new values came from (provenance), merged at commit
+        self.pointed: dict[str, bool] = {}  # call id -> its arguments came from the user's messages
+
+    @property
+    def number(self) -> int:
+        return self.state.steps + 1
 
     def observe(self, request: ChatCompletionRequest) -> None:
         """Record what arrived; flag tool results that answer no call Sentrail emitted here."""
@@ -146,9 +190,11 @@ class PendingStep:
                     if not call.answered:
                         self.answered.append(message.tool_call_id)
                 item = {"role": "tool", "tool_call_id": message.tool_call_id, "known": known}
-                self.received.append({**item, "content": _text(message.content)})
+                self.received.append({**item, "content": message_text(message.content)})
             else:
-                self.received.append({"role": type(message).__struct_config__.tag, "content": _text(message.content)})
+                self.received.append(
+                    {"role": type(message).__struct_config__.tag, "content": message_text(message.content)}
+                )
 
     def check_budgets(self, now: float) -> int | None:
         """Raise `BudgetExceeded` naming the spent budget; return the tokens left (None: unlimited)."""
@@ -171,6 +217,7 @@ class SessionStore:
     def __init__(self, redis: aioredis.Redis, ttl_s: int) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
+        self._commit = redis.register_script(_COMMIT)
 
     async def begin(self, key: KeyRecord, session_id: str, is_new: bool) -> PendingStep:
         state = await self.load(key.tenant, session_id) if not is_new else None
@@ -196,11 +243,16 @@ class SessionStore:
         return [_state(tenant, session_id, *results[4 * i : 4 * i + 4]) for i, session_id in enumerate(session_ids)]
 
     async def commit(self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]) -> None:
-        """Write the whole step atomically (one MULTI/EXEC)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for command in self.step_writes(pending, step, emitted_calls):
-                pipe.execute_command(*command)
-            await pipe.execute()
+        """Write the whole step atomically (one script call)."""
+        await self._commit([], [_encoder.encode(self.step_writes(pending, step, emitted_calls)).decode()])
+
+    async def provenance(self, tenant: str, session_id: str, keys: set[str]) -> ValueIndex:
+        """The stored origins of these value keys (one read)."""
+        ordered = sorted(keys)
+        if not ordered:
+            return ValueIndex()
+        found = await self.redis.hmget(_prov_key(tenant, session_id), ordered)
+        return ValueIndex({key: decode_origins(raw) for key, raw in zip(ordered, found, strict=True) if raw})
 
     def step_writes(
         self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]
@@ -219,6 +271,7 @@ class SessionStore:
             ["HINCRBY", meta_key, "tool_calls", str(len(emitted_calls))],
             ["RPUSH", steps_key, _encoder.encode(step).decode()],
         ]
+        prov_key = _prov_key(state.tenant, state.session_id)
         updates = {call_id: _encoder.encode(call).decode() for call_id, call in emitted_calls.items()}
         for call_id in pending.answered:
             updates[call_id] = _encoder.encode(msgspec.structs.replace(state.calls[call_id], answered=True)).decode()
@@ -226,7 +279,9 @@ class SessionStore:
             writes.append(["HSET", calls_key, *(item for pair in updates.items() for item in pair)])
         if pending.new_labels:
             writes.append(["SADD", labels_key, *sorted(pending.new_labels)])
-        writes += [["EXPIRE", key, ttl] for key in (meta_key, steps_key, calls_key, labels_key)]
+        if pending.index:
+            writes.append(["PROVMERGE", prov_key, str(PROV_CAP), str(PROV_MAX_KEYS), *_prov_lines(pending.index)])
+        writes += [["EXPIRE", key, ttl] for key in (meta_key, steps_key, calls_key, labels_key, prov_key)]
         writes.append(["ZADD", _index(state.tenant), now, state.session_id])
         return writes
 
@@ -253,7 +308,7 @@ class SessionStore:
 
     async def delete(self, tenant: str, session_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*_keys(tenant, session_id), approved_key(tenant, session_id))
+            pipe.delete(*_keys(tenant, session_id), _prov_key(tenant, session_id), approved_key(tenant, session_id))
             pipe.zrem(_index(tenant), session_id)
             deleted, _ = await pipe.execute()
         return deleted > 0
@@ -275,6 +330,14 @@ def _state(tenant: str, session_id: str, meta: dict, calls: dict, labels: set, a
         calls={k.decode(): msgspec.json.decode(v, type=ToolCallRecord) for k, v in calls.items()},
         approved=sorted(ticket.decode() for ticket in approved),
     )
+
+
+def _prov_lines(index: ValueIndex) -> list[str]:
+    out = []
+    for key, origins in index.entries.items():
+        for origin in origins:
+            out += [key, encode_origin(origin), "1" if origin.source in PROMPT else "0"]
+    return out
 
 
 def _summary(state: SessionState) -> SessionSummary:

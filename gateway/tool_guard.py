@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +31,26 @@ from rails.tools.decide import (
     arguments_sha256,
     canonical_arguments,
 )
+from rails.tools.provenance import ProvenanceView, ValueIndex, lookup_keys
 
 from .approvals import ApprovalStore, Ticket, new_ticket_id
+from .guard import ContentFiltered
 from .protocol import (
+    AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
     Delta,
     FunctionCallDelta,
     ToolCallDelta,
+    ToolMessage,
     Usage,
 )
-from .sessions import PendingStep, SessionState
+from .sessions import PendingStep, SessionState, ToolCallRecord, message_text, new_messages
 from .streaming import Accumulator
 
 log = structlog.get_logger("sentrail.tools")
+Fetch = Callable[[set[str]], Awaitable[ValueIndex]]  # value keys -> their stored origins in the session
 
 
 class DecidedChunk(ChatCompletionChunk):
@@ -81,26 +86,75 @@ class ToolGuard:
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest() if self.path.exists() else ""
         return {"type": kind, "kind": "tools", "version": self.policy.version, "files": {self.path.name: digest}}
 
-    def label(self, pending: PendingStep, rail_decisions: list[Decision]) -> None:
-        """Labels from this step's tool results (by the tool that produced them) and from rails that
-        acted on them; stored with the step and never removed."""
+    def label(self, request: ChatCompletionRequest, pending: PendingStep, rail_decisions: list[Decision]) -> None:
+        """What arrived in this step, as data flow: labels from its tool results (by the tool that produced
+        them and the rails that acted on them, never removed), each value's origin in the provenance
+        index, and tool results that bypassed the policy (flagged, labelled, or refused by the policy)."""
         policy = self.policy
-        for call_id in pending.tool_results:
-            call = pending.state.calls.get(call_id)
+        per_message: dict[int, set[str]] = {}
+        for decision in rail_decisions:
+            if decision.shadow:
+                continue
+            label = decision.label if decision.action == "label" else None
+            if label is None and decision.stage == "tool_result":
+                label = policy.label_for_rail(decision.rail)
+            if label:
+                pending.new_labels.add(label)
+                per_message.setdefault(decision.message if decision.message is not None else -1, set()).add(label)
+        messages = request.messages
+        start = 0 if pending.is_new else len(messages) - len(new_messages(request))
+        names = {c.id: c.function.name for m in messages[:start] if isinstance(m, AssistantMessage)
+                 for c in m.tool_calls or ()}  # fmt: skip
+        for index in range(start, len(messages)):
+            message, text = messages[index], message_text(messages[index].content)
+            if not isinstance(message, ToolMessage):
+                pending.index.add_message(type(message).__struct_config__.tag, text, pending.number)
+                continue
+            call = pending.state.calls.get(message.tool_call_id)
+            labels = per_message.get(index, set())
             if call is not None:
                 pending.new_labels |= policy.labels_for_tool(call.name)
-        for decision in rail_decisions:
-            if decision.stage == "tool_result" and not decision.shadow:
-                label = policy.label_for_rail(decision.rail)
-                if label:
-                    pending.new_labels.add(label)
+            if not pending.is_new and (bypass := _bypass(call)):
+                labels = labels | {policy.file.bypass.label}
+                pending.new_labels.add(policy.file.bypass.label)
+                if call is not None:  # one never emitted is flagged `unknown_tool_call_id` already
+                    pending.flags.append(f"policy_bypass:{bypass}:{message.tool_call_id}")
+                log.warning("policy_bypass", call_id=message.tool_call_id, reason=bypass)
+                if policy.file.bypass.action == "block":
+                    raise PolicyViolation(f"The tool result answers a call {BYPASS_REASONS[bypass]} "
+                                          f"({message.tool_call_id}).", f"messages[{index}]")  # fmt: skip
+            tool = call.name if call is not None else names.get(message.tool_call_id, "")
+            pointed = call is not None and call.pointed
+            pending.index.add_tool_result(text, tool, pending.number, policy.field_labels(tool), pointed,
+                                          tuple(sorted(labels)))  # fmt: skip
 
     def judge(
-        self, request: ChatCompletionRequest, pending: PendingStep, tenant: str, approvals: ApprovalStore | None
-    ) -> Judge:
-        judge = Judge(self.policy, request, pending, tenant, approvals, self.tracer)
+        self, request: ChatCompletionRequest, pending: PendingStep, tenant: str, approvals: ApprovalStore | None,
+        fetch: Fetch | None = None,
+    ) -> Judge:  # fmt: skip
+        judge = Judge(self.policy, request, pending, tenant, approvals, self.tracer, fetch)
         judge.trace_content = self.trace_content
         return judge
+
+
+BYPASS_REASONS = {"denied": "that Sentrail denied", "withheld": "that Sentrail withheld for approval",
+                  "never_emitted": "that Sentrail never emitted in this session"}  # fmt: skip
+
+
+def _bypass(call: ToolCallRecord | None) -> str | None:
+    """Why a tool result for this call bypasses the policy: the agent ran what it was never handed."""
+    if call is None:
+        return "never_emitted"
+    return {"deny": "denied", "require_approval": "withheld"}.get(call.decision)
+
+
+class PolicyViolation(ContentFiltered):
+    """A tool result that answers a call the policy did not release, with `bypass.action: block`."""
+
+    error_type = "policy_violation"
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message, param, [])
 
 
 class Judge:
@@ -114,6 +168,7 @@ class Judge:
         tenant: str,
         approvals: ApprovalStore | None = None,
         tracer: Tracer | None = None,
+        fetch: Fetch | None = None,
     ) -> None:
         schemas = None
         if request.tools is not None:
@@ -126,12 +181,24 @@ class Judge:
         self.tracer = tracer or NoOpTracer()
         self.trace_content = False
         self.tickets: list[Ticket] = []  # issued this step, saved before the client hears of them
+        self.fetch = fetch  # stored provenance of value keys (one Redis read), None: this step's own only
         self._view: SessionView | None = None
 
     def view(self) -> SessionView:
         if self._view is None:
             self._view = session_view(self.pending.state, self.request.model, self.pending.new_labels)
         return self._view
+
+    async def prepare(self, arguments: list[str]) -> None:
+        """Read the stored provenance of every value these calls carry (one round trip), before deciding."""
+        policy = self.decider.policy
+        keys: set[str] = set()
+        for raw in arguments:
+            keys |= lookup_keys(_parsed(raw), policy.mentions)
+        stored = ValueIndex()
+        if self.fetch is not None and keys and not self.pending.is_new:
+            stored = await self.fetch(keys)
+        self.view().provenance = ProvenanceView(stored, self.pending.index, untrusted=policy.file.provenance.untrusted)
 
     def decide(self, call_id: str, name: str, arguments: str) -> ToolDecision:
         view = self.view()
@@ -151,6 +218,8 @@ class Judge:
             log.info("tool_call_decided", tool=name, call_id=call_id, action=decision.action, rule=decision.rule,
                      reason=decision.reason, version=decision.policy_version, ticket=decision.ticket)  # fmt: skip
         view.add(PastCall(name, canonical_arguments(arguments), decision.action))  # later calls of the step count it
+        if decision.action == "allow":
+            self.pending.pointed[call_id] = view.provenance.points(_parsed(arguments))
         self.decisions.append(decision)
         self.arguments[call_id] = arguments
         return decision
@@ -258,6 +327,7 @@ async def judge_tool_calls(
         if delta.role or delta.content or delta.refusal:
             yield chunk
         calls = held.tool_calls()
+        await judge.prepare([c.function.arguments for c in calls])
         decisions = [judge.decide(c.id, c.function.name, c.function.arguments) for c in calls]
         await judge.save_tickets()
         released = [c for c, d in zip(calls, decisions, strict=True) if d.action == "allow"]

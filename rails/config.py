@@ -31,6 +31,8 @@ class RailsConfigError(ValueError):
 class _Common(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
     shadow: bool = False
+    action: Literal["block", "label"] = "block"  # label: the text passes, the label lands on the session
+    label: str | None = None  # the label `action: label` adds (default: the rail's kind, e.g. `injection`)
 
 
 class LengthSpec(_Common, tag_field="rail", tag="length"):
@@ -43,11 +45,11 @@ class DenySpec(_Common, tag_field="rail", tag="deny"):
 
 
 class SecretsSpec(_Common, tag_field="rail", tag="secrets"):
-    action: Literal["block", "mask"] = "block"
+    action: Literal["block", "mask", "label"] = "block"
 
 
 class PiiSpec(_Common, tag_field="rail", tag="pii"):
-    action: Literal["block", "mask"] = "mask"
+    action: Literal["block", "mask", "label"] = "mask"
     kinds: list[str] = []
 
 
@@ -89,8 +91,8 @@ class RailsConfig(msgspec.Struct, forbid_unknown_fields=True):
 _BUILDERS: dict[type, Callable[[Any, str, Stage], Any]] = {
     LengthSpec: lambda s, n, st: LengthRail(n, st, s.max_chars),
     DenySpec: lambda s, n, st: DenyRail(n, st, s.patterns, s.keywords),
-    SecretsSpec: lambda s, n, st: secrets_rail(n, st, s.action),
-    PiiSpec: lambda s, n, st: pii_rail(n, st, s.action, s.kinds),
+    SecretsSpec: lambda s, n, st: secrets_rail(n, st, "block" if s.action == "label" else s.action),
+    PiiSpec: lambda s, n, st: pii_rail(n, st, "block" if s.action == "label" else s.action, s.kinds),
     InjectionSpec: lambda s, n, st: InjectionRail(n, st, s.threshold),
 }
 
@@ -107,7 +109,9 @@ def load_rails(path: Path, resolve: ModelResolver | None = None) -> tuple[RailsC
         entries = stages.get(stage.value)
         for index, entry in enumerate(entries if isinstance(entries, list) else []):
             try:
-                msgspec.convert(entry, RailSpec)
+                spec = msgspec.convert(entry, RailSpec)
+                if spec.label is not None and spec.action != "label":
+                    raise msgspec.ValidationError("`label:` is only used with `action: label`")
                 if isinstance(entry, dict) and entry.get("rail") == "pii":
                     unknown = set(entry.get("kinds") or ()) - set(PII)
                     if unknown:
@@ -139,7 +143,8 @@ def load_rails(path: Path, resolve: ModelResolver | None = None) -> tuple[RailsC
                 errors.append(_entry_error(path, node, stage, index, exc))
                 continue
             timeout_s = spec.timeout_s if isinstance(spec, NemoSpec) else Configured.timeout_s
-            rails.append(Configured(rail, spec.shadow, timeout_s))
+            label = (spec.label or type(spec).__struct_config__.tag) if spec.action == "label" else None
+            rails.append(Configured(rail, spec.shadow, timeout_s, label))
     if errors:
         raise RailsConfigError(errors)
     return config, rails

@@ -31,9 +31,11 @@ class Decision(msgspec.Struct, frozen=True):
 
     rail: str
     stage: str
-    action: str
+    action: str  # block | modify | label
     reason: str = ""
     shadow: bool = False
+    label: str | None = None  # `action: label`: the label the detection adds
+    message: int | None = None  # the request message it was about (input and tool_result stages)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Configured:
     rail: Rail
     shadow: bool = False
     timeout_s: float = 2.0
+    label: str | None = None  # detect-and-label: a block or rewrite becomes this label; the text passes
 
     @property
     def modifies(self) -> bool:
@@ -95,7 +98,8 @@ class RailPipeline:
             verdict = await self._check(configured, stage, result.content, result)
             if self._record(configured, stage, verdict, result):
                 return result
-            if verdict.action == Action.MODIFY and not configured.shadow and verdict.content is not None:
+            enforced = not (configured.shadow or configured.label)
+            if verdict.action == Action.MODIFY and enforced and verdict.content is not None:
                 result.content = verdict.content
         judges = []
         for configured in (c for c in rails if not c.modifies):
@@ -144,6 +148,10 @@ class RailPipeline:
     def _record(configured: Configured, stage: Stage, verdict: Verdict, result: StageResult) -> bool:
         """Add the decision; True when it blocks (and is enforced)."""
         if verdict.action == Action.ALLOW:
+            return False
+        if configured.label is not None:
+            result.decisions.append(Decision(configured.rail.name, stage.value, "label", verdict.reason,
+                                             configured.shadow, configured.label))  # fmt: skip
             return False
         decision = Decision(configured.rail.name, stage.value, verdict.action.value, verdict.reason, configured.shadow)
         result.decisions.append(decision)

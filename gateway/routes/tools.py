@@ -10,6 +10,7 @@ from litestar import Request, post
 from msgspec import Meta
 
 from rails.tools.decide import PastCall, SessionView, canonical_arguments
+from rails.tools.provenance import ProvenanceView, lookup_keys
 
 from ..errors import InvalidRequest, SessionNotFound
 from ..protocol import Tool
@@ -42,6 +43,15 @@ class ToolCheckRequest(msgspec.Struct, forbid_unknown_fields=True):
     model: str = ""
 
 
+def _parsed(arguments: str | dict[str, Any]) -> Any:
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        return msgspec.json.decode(arguments or "{}")
+    except msgspec.DecodeError:
+        return None
+
+
 def _json(arguments: str | dict[str, Any]) -> str:
     return arguments if isinstance(arguments, str) else msgspec.json.encode(arguments).decode()
 
@@ -63,6 +73,9 @@ async def check_tool_calls(request: Request) -> dict[str, Any]:
         if state is None:
             raise SessionNotFound(body.session_id)
         view = session_view(state, body.model, set(body.labels))
+        keys = set().union(*(lookup_keys(_parsed(c.arguments), policy.mentions) for c in body.calls))
+        stored = await request.app.state.sessions.provenance(key.tenant, body.session_id, keys)
+        view.provenance = ProvenanceView(stored, untrusted=policy.file.provenance.untrusted)
     else:
         view = SessionView("check", tenant=key.tenant, model=body.model, labels=set(body.labels))
         for call in body.trace or ():  # the session as it happened: counts, and labels of allowed calls' results

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,13 +19,17 @@ import msgspec
 import yaml
 
 from ..config import RailsConfigError, _line, _path_of, read_yaml
+from .provenance import field_shape
 
 Action = Literal["allow", "deny", "require_approval"]
 ROOTS = frozenset({"call", "session", "request"})
 FUNCTIONS = frozenset({
     "size", "matches", "startsWith", "endsWith", "contains", "int", "uint", "double", "string", "bool", "bytes",
     "type", "dyn", "duration", "timestamp", "has", "email_domain", "path_under", "lower", "tool_count",
+    "provenance", "from_user", "trusted", "user_pointed", "tainted", "made_up", "user_mentions", "sinks",
 })  # fmt: skip
+_MENTIONS = re.compile(r"user_mentions\(([^)]*)\)")
+_LITERAL = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'")
 _BINDER = re.compile(r"\.\s*(?:exists|all|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 _CEL_POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
 
@@ -41,6 +46,21 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
 class Labels(msgspec.Struct, forbid_unknown_fields=True):
     tools: dict[str, list[str]] = {}  # tool name or glob -> labels its results add to the session
     rails: dict[str, str] = {}  # rail name or glob -> the label a rail decision on a tool result adds
+    # tool name or glob -> {field pattern -> labels}: the labels of the values of that field of the tool's
+    # structured results, instead of the tool's (`transactions.subject`, `*.description`; [] = no label)
+    fields: dict[str, dict[str, list[str]]] = {}
+
+
+class ProvenanceSpec(msgspec.Struct, forbid_unknown_fields=True):
+    # labels that make a value's origin untrusted (a tool result or field carrying one)
+    untrusted: list[str] = msgspec.field(default_factory=lambda: ["untrusted", "injection", "policy_bypass"])
+
+
+class BypassSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """A tool result answering a call Sentrail denied, withheld or never emitted in the session."""
+
+    label: str = "policy_bypass"  # added to the session and to the values of that result
+    action: Literal["label", "block"] = "label"  # block: the request is refused (400 policy_violation)
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True):
@@ -55,6 +75,8 @@ class PolicyFile(msgspec.Struct, forbid_unknown_fields=True):
     history: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50  # recent calls visible as session.calls
     approval_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 3600  # how long an approval ticket can be decided
     labels: Labels = msgspec.field(default_factory=Labels)
+    provenance: ProvenanceSpec = msgspec.field(default_factory=ProvenanceSpec)
+    bypass: BypassSpec = msgspec.field(default_factory=BypassSpec)
     limits: Limits = msgspec.field(default_factory=Limits)
     rules: list[Rule] = []
 
@@ -72,6 +94,7 @@ class ToolPolicy(msgspec.Struct, frozen=True):
     version: str
     exact: dict[str, list[tuple[int, CompiledRule]]]
     globs: list[tuple[int, CompiledRule]]
+    mentions: frozenset[str] = frozenset()  # the literal words rules ask `user_mentions` about (prefetched)
     resolved: dict[str, list[CompiledRule]] = msgspec.field(default_factory=dict)  # tool -> its rules, memoized
 
     def rules_for(self, tool: str) -> list[CompiledRule]:
@@ -86,6 +109,21 @@ class ToolPolicy(msgspec.Struct, frozen=True):
     def labels_for_tool(self, tool: str) -> set[str]:
         return {label for pattern, labels in self.file.labels.tools.items() if fnmatch.fnmatchcase(tool, pattern)
                 for label in labels}  # fmt: skip
+
+    def field_labels(self, tool: str) -> Callable[[str], tuple[str, ...]]:
+        """Path -> labels of that field of the tool's results: the first matching `labels.fields`
+        pattern's, else the tool's own."""
+        own = tuple(sorted(self.labels_for_tool(tool)))
+        patterns = [(pattern, tuple(sorted(labels))) for glob, fields in self.file.labels.fields.items()
+                    if fnmatch.fnmatchcase(tool, glob) for pattern, labels in fields.items()]  # fmt: skip
+        if not patterns:
+            return lambda path: own
+
+        def labels(path: str) -> tuple[str, ...]:
+            shape = field_shape(path)
+            return next((found for pattern, found in patterns if fnmatch.fnmatchcase(shape, pattern)), own)
+
+        return labels
 
     def label_for_rail(self, rail: str) -> str | None:
         return next((lb for pattern, lb in self.file.labels.rails.items() if fnmatch.fnmatchcase(rail, pattern)), None)
@@ -145,7 +183,9 @@ def load_tool_policy(path: Path) -> ToolPolicy:
             else:
                 exact.setdefault(tool, []).append((order, rule))
     version = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return ToolPolicy(file, version, exact, globs)
+    mentions = frozenset(a or b for c in compiled if c is not None and c.rule.when
+                         for call in _MENTIONS.findall(c.rule.when) for a, b in _LITERAL.findall(call))  # fmt: skip
+    return ToolPolicy(file, version, exact, globs, mentions)
 
 
 def _compile(expression: str) -> tuple[Any, str | None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import jsonschema
 import msgspec
 
 from .config import ToolPolicy
+from .provenance import ProvenanceView
 
 STRENGTH = {"allow": 0, "require_approval": 1, "deny": 2}
 
@@ -79,6 +81,7 @@ class SessionView:
     calls: list[PastCall] = field(default_factory=list)
     tool_counts: Counter[str] = field(default_factory=Counter)
     identical: Counter[tuple[str, str]] = field(default_factory=Counter)
+    provenance: ProvenanceView = field(default_factory=ProvenanceView)  # where argument values came from
 
     @classmethod
     def build(cls, session_id: str, calls: Iterable[PastCall], **facts: Any) -> SessionView:
@@ -188,7 +191,7 @@ class Decider:
                     matched = compiled.program.execute(context) is True
                 except Exception as exc:
                     matched, action = True, "deny"
-                    reason = f"rule {rule.name} could not be evaluated: {type(exc).__name__}: {exc}"
+                    reason = f"rule {rule.name} could not be evaluated: {failure(exc, rule.when or '', args)}"
             results.append(RuleResult(rule.name, matched, action, reason, rule.shadow, rule.when))
         return results
 
@@ -212,7 +215,36 @@ def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: Tool
     context.add_function("path_under", path_under)
     context.add_function("lower", str.lower)
     context.add_function("tool_count", view.tool_counts.__getitem__)  # a function: no per-call map copy
+    for name, function in view.provenance.functions().items():
+        context.add_function(name, function)
     return context
+
+
+_ARG = re.compile(r"call\.args\.([A-Za-z_]\w*)")
+_FUNCTION_ERROR = re.compile(r"Function '(\w+)' error: (.*?)(?:\. Check function arguments.*)?$", re.DOTALL)
+_CEL_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list", dict: "a map"}
+
+
+def failure(exc: Exception, when: str, args: Any) -> str:
+    """Why a rule could not be evaluated, in the policy's terms: the argument that is missing or has a
+    type the rule cannot use, not a Python exception."""
+    args = args if isinstance(args, dict) else {}
+    used = list(dict.fromkeys(_ARG.findall(when)))
+    missing = [name for name in used if name not in args]
+    if isinstance(exc, KeyError):
+        key = exc.args[0] if exc.args else ""
+        if key in missing or (missing and key not in args):
+            name = key if key in missing else missing[0]
+            return f"the call has no argument {name!r} (test for it with has(call.args.{name}))"
+        return f"the rule reads a field {key!r} that its value does not have"
+    types = ", ".join(f"{name} is {_CEL_TYPES.get(type(args[name]), type(args[name]).__name__)}"
+                      for name in used if name in args)  # fmt: skip
+    found = _FUNCTION_ERROR.match(str(exc))
+    if found is not None:
+        return f"{found.group(1)}() failed: {found.group(2).strip()}" + (f" ({types})" if types else "")
+    if "no such overload" in str(exc).lower():
+        return "a value has a type the rule's operator or function does not take" + (f" ({types})" if types else "")
+    return f"{type(exc).__name__}: {exc}"
 
 
 _validators: dict[str, jsonschema.protocols.Validator] = {}

@@ -10,7 +10,7 @@ from tests.doubles import ScriptedEngine, calls_chunks, text_chunks
 from .conftest import MODEL
 
 CHAT = "/v1/chat/completions"
-POLICIES = str(Path(__file__).resolve().parents[2] / "policies")
+POLICIES = str(Path(__file__).resolve().parents[2] / "policies" / "examples" / "strict-agent")
 TOOLS = [{"type": "function", "function": {"name": "send_payment", "parameters": {"type": "object"}}}]
 PAYMENT = '{"amount": 500, "to": "ACME Ltd"}'
 

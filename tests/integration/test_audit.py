@@ -14,7 +14,7 @@ from tests.doubles import ScriptedEngine, calls_chunks
 
 from .conftest import MODEL
 
-POLICIES = str(Path(__file__).resolve().parents[2] / "policies")
+POLICIES = str(Path(__file__).resolve().parents[2] / "policies" / "examples" / "strict-agent")
 STREAM = "sentrail:audit:{dev}:stream"
 
 

@@ -9,7 +9,7 @@ from tests.doubles import ScriptedEngine, calls_chunks
 
 from .conftest import MODEL
 
-POLICIES = Path(__file__).resolve().parents[2] / "policies"
+POLICIES = Path(__file__).resolve().parents[2] / "policies" / "examples" / "strict-agent"
 TOOLS = [{"type": "function", "function": {"name": n}} for n in ("web_fetch", "send_email")]
 
 

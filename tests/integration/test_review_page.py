@@ -33,7 +33,7 @@ def served(redis_server):
     redis_server.flush()
     port = free_port()
     settings = load_settings(environ={}, port=port, dev_mode=True, redis_url=redis_server.url,
-                             policies_dir=str(ROOT / "policies"))  # fmt: skip
+                             policies_dir=str(ROOT / "policies" / "examples" / "strict-agent"))  # fmt: skip
     engine = ScriptedEngine(calls_chunks(("run_shell", '{"cmd": "rm -rf /"}', "call_sh"),
                                          ("web_fetch", '{"url": "https://example.org"}', "call_web")))  # fmt: skip
     app = create_app(settings, engines={MODEL: [(engine, 8)]})

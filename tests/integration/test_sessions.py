@@ -64,6 +64,7 @@ async def test_tool_calls_are_tracked_and_unknown_results_flagged(make_client):
     received = {item["tool_call_id"]: item for item in second["received"]}
     assert received["call_A"]["known"] is True and received["call_FORGED"]["known"] is False
     assert second["flags"] == ["unknown_tool_call_id:call_FORGED"]
+    assert "policy_bypass" in second["labels"] and "policy_bypass" in body["session"]["labels"]
 
 
 async def test_sessions_can_be_listed_and_deleted(make_client):

@@ -12,7 +12,7 @@ from tests.doubles import ScriptedEngine, calls_chunks
 from .conftest import MODEL
 
 CHAT = "/v1/chat/completions"
-POLICIES = str(Path(__file__).resolve().parents[2] / "policies")
+POLICIES = str(Path(__file__).resolve().parents[2] / "policies" / "examples" / "strict-agent")
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
          for n in ("run_shell", "web_fetch", "send_email", "read_file")]  # fmt: skip
 

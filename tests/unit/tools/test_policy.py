@@ -10,7 +10,7 @@ from rails.tools.config import load_tool_policy
 from rails.tools.decide import Decider, PastCall, SessionView, canonical, path_under
 
 ROOT = Path(__file__).resolve().parents[3]
-SHIPPED = load_tool_policy(ROOT / "policies" / "tools.yaml")
+SHIPPED = load_tool_policy(ROOT / "policies" / "examples" / "strict-agent" / "tools.yaml")
 
 
 def decide(tool: str, arguments: str, labels=(), policy=SHIPPED, schemas=None, calls=()):

@@ -1,0 +1,393 @@
+"""Argument provenance: where each value of a proposed tool call entered the session.
+
+Every text that enters a session is indexed once, when it arrives: the user's, system and developer
+messages, each field of a structured tool result (JSON or YAML: one origin per leaf, with its path), an
+unstructured tool result, and the assistant's own text. The index maps *keys* to *origins*:
+
+  v:<words>      a whole text or field, and (for prompts and short fields) every phrase of up to
+                 `MAX_PHRASE` words in it: casefolded, NFKC, whitespace collapsed, edge punctuation off
+  url:/email:/iban:/tel:/date:<normal form>
+                 the sink values found anywhere in a text (a URL in an e-mail body, an IBAN written in
+                 groups or wrapped onto two lines, a date written in words), in one normal form each
+
+A value is looked up by the same keys, so lookups are dict reads (no scan of the history). A value of
+more than `MAX_PHRASE` words matches only a whole text or field, never a substring: a long argument is
+not "from the user" because each of its words is. A value that appears nowhere has no origin (the
+model made it up, or computed it: dates, sums).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import msgspec
+import yaml
+
+PROMPT = frozenset({"user", "system", "developer"})
+MAX_PHRASE = 6  # a value of up to this many words may match a phrase inside a text
+MAX_WHOLE = 512  # characters: a longer text or field is not indexed as a whole value
+MAX_FIELD_PHRASES = 32  # a tool-result field (or plain result) of up to this many words is indexed by phrases
+MAX_PROMPT_WORDS = 4000  # phrases of a prompt beyond this many words are not indexed (entities still are)
+MAX_STRUCTURED = 1 << 20  # characters: a longer tool result is indexed as plain text
+_EDGE = "\"'`.,;:!?()[]{}<>*_~|$€£«»\u201c\u201d\u2018\u2019"
+_WORD = re.compile(r"\S+")
+_LEADING_ZERO = re.compile(r"^[+-]?0\d")  # "0044", "007": an identifier, not a number
+_NUMBER = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$|^[+-]?\d+(?:\.\d+)?$")
+
+_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_TLDS = "com|org|net|io|dev|ai|co|edu|gov|info|biz|app|xyz|me|uk|de|fr|eu|us|ch|nl|it|es|ru|cn|jp|in|ly|sh|to"
+_URL = re.compile(
+    r"(?<![@\w.-])(?:(?:https?|ftp)://[^\s<>\"'`)\]]+"
+    rf"|(?:www\.)?[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.(?:{_TLDS})\b(?![@.\w-]*@)"
+    r"(?::\d+)?(?:/[^\s<>\"'`)\]]*)?)",
+    re.IGNORECASE,
+)
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ \t]?\n?[ \t]?[A-Z0-9]){11,30}\b")
+_PHONE = re.compile(r"(?<![\w+])\+?\d[\d ().-]{6,}\d(?!\w)")
+_MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name} | {
+    name.lower(): i for i, name in enumerate(calendar.month_abbr) if name
+}
+_MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_DATE_ISO = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
+_DATE_MDY = re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.IGNORECASE)
+_DATE_DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})\.?,?\s+(\d{{4}})\b", re.IGNORECASE)
+SINK_KINDS = ("url", "email", "iban", "tel")
+
+
+class Origin(msgspec.Struct, array_like=True, frozen=True):
+    """One place a value appeared. Encoded as a compact JSON array (the session index stores these)."""
+
+    source: str  # user | system | developer | tool | assistant
+    tool: str = ""  # the tool whose result held it
+    step: int = 0  # the session step it arrived in
+    field: str = ""  # JSON path of the field in a structured tool result ("$.items[2].subject"); "" for plain text
+    labels: tuple[str, ...] = ()  # the labels of that text or field (tool, field and rail labels)
+    pointed: bool = False  # a result of a call whose arguments came from the user's messages
+
+    def as_cel(self) -> dict[str, Any]:
+        return {"source": self.source, "tool": self.tool, "step": self.step, "field": self.field,
+                "labels": list(self.labels), "pointed": self.pointed}  # fmt: skip
+
+
+_origin_encoder = msgspec.json.Encoder()
+_origin_decoder = msgspec.json.Decoder(Origin)
+
+
+def encode_origin(origin: Origin) -> str:
+    return _origin_encoder.encode(origin).decode()
+
+
+def decode_origins(raw: bytes | str) -> list[Origin]:
+    """Origins stored one JSON array a line; a line that does not decode is skipped (never trusted)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    origins = []
+    for line in text.split("\n"):
+        try:
+            origins.append(_origin_decoder.decode(line))
+        except msgspec.DecodeError:
+            continue
+    return origins
+
+
+# --- normal forms ------------------------------------------------------------------------------------
+
+
+def words(text: str) -> list[str]:
+    """Casefolded NFKC words with edge punctuation removed; numbers lose thousands separators."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    out = []
+    for raw in _WORD.findall(text):
+        word = raw.strip(_EDGE)
+        if word:
+            out.append(_number(word) if _NUMBER.match(word) and not _LEADING_ZERO.match(word) else word)
+    return out
+
+
+def _number(word: str) -> str:
+    value = float(word.replace(",", ""))
+    return str(int(value)) if value.is_integer() and abs(value) < 1e18 else repr(value)
+
+
+def _url_form(url: str) -> str:
+    url = url.rstrip(".,;:!?'\"")
+    url = re.sub(r"^[a-z][a-z0-9+.-]*://", "", url, flags=re.IGNORECASE)
+    host, sep, rest = url.partition("/")
+    host = host.lower().removeprefix("www.")
+    return (host + sep + rest).rstrip("/")
+
+
+def entities(text: str) -> Iterator[tuple[str, str, str]]:
+    """(kind, normal form, text as written) of each sink value and date in `text`."""
+    emails = list(_EMAIL.finditer(text))
+    for found in emails:
+        yield "email", found.group(0).lower(), found.group(0)
+    for found in _URL.finditer(text):
+        if any(e.start() <= found.start() < e.end() for e in emails):
+            continue
+        yield "url", _url_form(found.group(0)), found.group(0).rstrip(".,;:!?'\"")
+    for found in _IBAN.finditer(text):
+        yield "iban", re.sub(r"\s", "", found.group(0)), found.group(0)
+    for found in _PHONE.finditer(text):
+        digits = re.sub(r"\D", "", found.group(0))
+        if 8 <= len(digits) <= 15 and not _DATE_ISO.fullmatch(found.group(0).strip()):
+            yield "tel", digits, found.group(0)
+    for iso in _dates(text):
+        yield "date", iso, iso
+
+
+def _dates(text: str) -> Iterator[str]:
+    for year, month, day in _DATE_ISO.findall(text):
+        yield _iso(int(year), int(month), int(day))
+    for month, day, year in _DATE_MDY.findall(text):
+        yield _iso(int(year), _MONTHS[month.lower()], int(day))
+    for day, month, year in _DATE_DMY.findall(text):
+        yield _iso(int(year), _MONTHS[month.lower()], int(day))
+
+
+def _iso(year: int, month: int, day: int) -> str:
+    return f"{year:04d}-{month:02d}-{day:02d}"
+
+
+def value_keys(value: Any) -> list[str]:
+    """The index keys a scalar argument value is looked up by."""
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int | float):
+        return [f"v:{_number(repr(value))}"] if abs(value) < 1e18 else []
+    if not isinstance(value, str):
+        return []
+    keys = []
+    normal = words(value)
+    if normal and (len(normal) <= MAX_PHRASE or len(value) <= MAX_WHOLE):
+        keys.append("v:" + " ".join(normal))
+    stripped = value.strip()
+    for kind, form, written in entities(stripped):
+        if written.strip() == stripped or kind == "date":
+            keys.append(f"{kind}:{form}")
+    return keys
+
+
+def sinks(value: Any) -> list[str]:
+    """The URLs, e-mail addresses, IBANs and phone numbers in a value's text leaves, as written."""
+    found: list[str] = []
+    for leaf in leaves(value):
+        if isinstance(leaf, str):
+            found.extend(written for kind, _, written in entities(leaf) if kind in SINK_KINDS)
+    return found
+
+
+def leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from leaves(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from leaves(item)
+    else:
+        yield value
+
+
+def lookup_keys(args: Any, words_asked: Iterable[str] = ()) -> set[str]:
+    """Every key a decision on these arguments may read: each leaf, each sink inside a leaf, the words
+    rules ask `user_mentions` about. Fetched from the session's index in one read before deciding."""
+    keys: set[str] = set()
+    for leaf in leaves(args):
+        keys.update(value_keys(leaf))
+        for sink in sinks(leaf):
+            keys.update(value_keys(sink))
+    for word in words_asked:
+        keys.update(value_keys(word))
+    return keys
+
+
+# --- indexing -------------------------------------------------------------------------------------------
+
+FieldLabels = Callable[[str], tuple[str, ...]]  # field path -> its labels
+
+
+class ValueIndex:
+    """Key -> origins, deduplicated; what one step adds (pending) or a slice of the session's (stored)."""
+
+    def __init__(self, entries: dict[str, list[Origin]] | None = None) -> None:
+        self.entries: dict[str, list[Origin]] = entries or {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, key: str, origin: Origin) -> None:
+        found = self.entries.setdefault(key, [])
+        if origin not in found:
+            found.append(origin)
+
+    def get(self, key: str) -> list[Origin]:
+        return self.entries.get(key, [])
+
+    def add_text(self, text: str, origin: Origin, phrase_limit: int | None) -> None:
+        """Index a text: as a whole (if short), its sink values and dates, and its phrases when it has
+        at most `phrase_limit` words (None: up to `MAX_PROMPT_WORDS`, for prompts)."""
+        normal = words(text)
+        if not normal:
+            return
+        if len(text) <= MAX_WHOLE or len(normal) <= MAX_PHRASE:
+            self.add("v:" + " ".join(normal), origin)
+        for kind, form, _ in entities(text):
+            self.add(f"{kind}:{form}", origin)
+        if phrase_limit is not None and len(normal) > phrase_limit:
+            return
+        for start in range(min(len(normal), MAX_PROMPT_WORDS)):
+            for end in range(start + 1, min(start + MAX_PHRASE, len(normal)) + 1):
+                self.add("v:" + " ".join(normal[start:end]), origin)
+
+    def add_message(self, role: str, text: str, step: int) -> None:
+        if role in PROMPT:
+            self.add_text(text, Origin(role, step=step), None)
+        else:  # the assistant's own text: its sink values only (what it says is the model's, not a source)
+            origin = Origin("assistant", step=step)
+            for kind, form, _ in entities(text):
+                self.add(f"{kind}:{form}", origin)
+
+    def add_tool_result(
+        self, text: str, tool: str, step: int, labels: FieldLabels, pointed: bool = False,
+        extra: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
+        """Index a tool result: each leaf of a JSON or YAML document with its path and that field's
+        labels (plus `extra`: the result's rail labels), or the text as a whole."""
+        data = structured(text)
+        if data is None:
+            origin = Origin("tool", tool, step, "", _merge(labels(""), extra), pointed)
+            self.add_text(text, origin, MAX_FIELD_PHRASES)
+            return
+        for path, leaf in _paths(data, "$"):
+            origin = Origin("tool", tool, step, path, _merge(labels(path), extra), pointed)
+            if isinstance(leaf, str):
+                self.add_text(leaf, origin, MAX_FIELD_PHRASES)
+            else:
+                for key in value_keys(leaf):
+                    self.add(key, origin)
+
+
+def _merge(labels: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(set(labels) | set(extra))) if extra else labels
+
+
+def structured(text: str) -> Any:
+    """The JSON or YAML document a tool result holds (a mapping or a list), or None for plain text."""
+    head = text.lstrip()[:1]
+    if not head or len(text) > MAX_STRUCTURED:
+        return None
+    if head in "[{":
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict | list):
+            return data
+    if ":" not in text and not head == "-":
+        return None
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict | list) else None
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _paths(data: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _paths(value, f"{path}.{key}")
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _paths(value, f"{path}[{index}]")
+    elif data is not None and not isinstance(data, bool):
+        yield path, data if isinstance(data, str | int | float) else str(data)
+
+
+def field_shape(path: str) -> str:
+    """A field path without its list positions and root, for matching `labels.fields` patterns:
+    `$.transactions[3].subject` -> `transactions.subject`; `$[0].sender` -> `sender`."""
+    return re.sub(r"\[\d+\]", "", path).removeprefix("$").lstrip(".")
+
+
+# --- lookups for rules ----------------------------------------------------------------------------------
+
+
+class ProvenanceView:
+    """Where values came from, as rules ask it: a slice of the session's index (the keys of this step's
+    calls, read in one round trip) and what this step added. On a list or map, `trusted`, `from_user`
+    and `user_pointed` hold when they hold for every leaf; `tainted` and `made_up` when for one."""
+
+    def __init__(self, *indexes: ValueIndex, untrusted: Iterable[str] = ("untrusted",)) -> None:
+        self.indexes = indexes
+        self.untrusted = frozenset(untrusted)
+
+    def key_origins(self, key: str) -> list[Origin]:
+        if len(self.indexes) == 1:
+            return self.indexes[0].get(key)
+        found: list[Origin] = []
+        for index in self.indexes:
+            found.extend(o for o in index.get(key) if o not in found)
+        return found
+
+    def leaf_origins(self, leaf: Any) -> list[Origin] | None:
+        """The origins of one scalar; None for what has no identity to trace (booleans, null, blanks)."""
+        keys = value_keys(leaf)
+        if not keys:
+            return None
+        found: list[Origin] = []
+        for key in keys:
+            found.extend(o for o in self.key_origins(key) if o not in found)
+        return found
+
+    def origins(self, value: Any) -> list[Origin]:
+        found: list[Origin] = []
+        for leaf in leaves(value):
+            found.extend(o for o in self.leaf_origins(leaf) or () if o not in found)
+        return found
+
+    def is_trusted(self, origin: Origin) -> bool:
+        return origin.source in PROMPT or (origin.source == "tool" and not self.untrusted.intersection(origin.labels))
+
+    def _every(self, value: Any, test: Callable[[Origin], bool]) -> bool:
+        per_leaf = (self.leaf_origins(leaf) for leaf in leaves(value))
+        return all(any(test(o) for o in origins) for origins in per_leaf if origins is not None)
+
+    def points(self, args: Any) -> bool:
+        """Some text value of these arguments came from the user's messages (the user pointed at the call)."""
+        return any(isinstance(leaf, str) and any(o.source in PROMPT for o in self.leaf_origins(leaf) or ())
+                   for leaf in leaves(args))  # fmt: skip
+
+    # The functions rules call (registered in the CEL context under these names).
+    def provenance(self, value: Any) -> list[dict[str, Any]]:
+        return [o.as_cel() for o in self.origins(value)]
+
+    def from_user(self, value: Any) -> bool:
+        return self._every(value, lambda o: o.source in PROMPT)
+
+    def trusted(self, value: Any) -> bool:
+        return self._every(value, self.is_trusted)
+
+    def user_pointed(self, value: Any) -> bool:
+        return self._every(value, lambda o: o.pointed or o.source in PROMPT)
+
+    def tainted(self, value: Any, label: str) -> bool:
+        return any(label in o.labels for o in self.origins(value))
+
+    def made_up(self, value: Any) -> bool:
+        return any(origins == [] for origins in map(self.leaf_origins, leaves(value)))
+
+    def user_mentions(self, *phrases: str) -> bool:
+        return any(o.source in PROMPT for phrase in phrases for key in value_keys(phrase)[:1]
+                   for o in self.key_origins(key))  # fmt: skip
+
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        return {"provenance": self.provenance, "from_user": self.from_user, "trusted": self.trusted,
+                "user_pointed": self.user_pointed, "tainted": self.tainted, "made_up": self.made_up,
+                "user_mentions": self.user_mentions, "sinks": sinks}  # fmt: skip
