@@ -262,6 +262,8 @@ class ValueIndex:
             origin = Origin("tool", tool, step, "", _merge(labels(""), extra), pointed)
             self.add_text(text, origin, MAX_FIELD_PHRASES)
             return
+        if len(text) <= MAX_WHOLE:  # also as one text (a YAML reading of prose may have split it)
+            self.add("v:" + " ".join(words(text)), Origin("tool", tool, step, "", _merge(labels(""), extra), pointed))
         for path, leaf in _paths(data, "$"):
             origin = Origin("tool", tool, step, path, _merge(labels(path), extra), pointed)
             if isinstance(leaf, str):
