@@ -1,5 +1,8 @@
 """Tool-call policy decision latency: a 200-rule policy set over 50 tools, a session with a 500-call
-history, per proposed call (p50/p99), side by side with a naive evaluator that runs every rule.
+history, per proposed call (p50/p99), side by side with a naive evaluator that runs every rule; then with
+a quarter of the rules reading argument provenance over a 500-step session holding 1 MB of tool output
+(per call: the keys of its values, their origins from the session's index, the rules). Also the cost of
+indexing one step's tool result, and the index's size.
 
     .venv/bin/python bench/policy_decisions.py [--calls 5000]
 """
@@ -22,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from rails.tools.config import load_tool_policy  # noqa: E402
 from rails.tools.decide import Decider, PastCall, SessionView, canonical  # noqa: E402
+from rails.tools.provenance import ProvenanceView, ValueIndex, lookup_keys  # noqa: E402
 
 TOOLS = [f"tool_{i:02d}" for i in range(50)]
 CONDITIONS = [
@@ -32,15 +36,26 @@ CONDITIONS = [
 ]
 
 
-def policy_file(history_rules: bool) -> str:
+PROVENANCE = [
+    "has(call.args.to) && !trusted(call.args.to)",
+    'sinks(call.args).exists(s, tainted(s, "injection") && !from_user(s))',
+    'has(call.args.path) && !user_pointed(call.args.path) && !user_mentions("delete")',
+    "provenance(call.args.amount).exists(o, o.source == \"tool\" && \"untrusted\" in o.labels)",
+]
+
+
+def policy_file(history_rules: bool, provenance_rules: bool = False) -> str:
     rules = []
     for index in range(200):
         tool = TOOLS[index % len(TOOLS)] if index % 20 else "tool_4*"  # a few glob rules too
         when = CONDITIONS[index % len(CONDITIONS)]
+        if provenance_rules and index % 4 == 1:
+            when = PROVENANCE[(index // 4) % len(PROVENANCE)]
         if history_rules and index % 50 == 0:
             when = 'session.calls.exists(c, c.name == "tool_07" && c.decision == "deny")'
         action = ("deny", "require_approval", "allow", "deny")[index % 4]
-        rules.append(f"  - name: r{index}\n    tools: ['{tool}']\n    when: '{when}'\n    action: {action}\n")
+        quoted = when.replace("'", "''")
+        rules.append(f"  - name: r{index}\n    tools: ['{tool}']\n    when: '{quoted}'\n    action: {action}\n")
     return "version: 1\ndefault: deny\nhistory: 50\nrules:\n" + "".join(rules)
 
 
@@ -49,6 +64,39 @@ def session() -> SessionView:
     calls = [PastCall(rng.choice(TOOLS), canonical({"amount": rng.randint(1, 500), "to": f"u{i}@example.com"}),
                       rng.choice(["allow", "allow", "deny"])) for i in range(500)]  # fmt: skip
     return SessionView.build("bench", calls, tenant="acme", model="m", labels={"untrusted", "internal"}, steps=250)
+
+
+def tool_output(rng: random.Random, step: int) -> str:
+    """About 2 KB of YAML records, as an e-mail or banking tool returns them."""
+    records = []
+    for n in range(8):
+        records.append(
+            f"- id: '{step * 10 + n}'\n  sender: user{rng.randint(1, 900)}@example.com\n"
+            f"  subject: Invoice {rng.randint(1000, 9999)} for order {rng.randint(1, 10**6)}\n"
+            f"  amount: {rng.randint(1, 5000)}.{rng.randint(0, 99):02d}\n"
+            f"  body: Please find attached the invoice. Pay to GB{rng.randint(10, 99)}NWBK{rng.randint(10**13, 10**14)}"
+            f" before the due date, or visit https://billing{rng.randint(1, 50)}.example.net/pay/{rng.randint(1, 10**6)}"
+            f" for details. Regards, the billing team of shop number {rng.randint(1, 999)}.\n"
+        )
+    return "".join(records)
+
+
+def provenance_session() -> tuple[SessionView, ValueIndex, float, float]:
+    """A 500-step session: a user request, then one tool result (~2 KB) per step; the index as stored.
+    Returns the view, the index, the total tool output in MB and the p99 ms to index one step."""
+    rng = random.Random(3)
+    view = session()
+    index = ValueIndex()
+    index.add_message("user", "Pay the invoices from billing to GB29NWBK60161331926819 and mail x@evil.test", 0)
+    size, costs = 0, []
+    for step in range(1, 501):
+        text = tool_output(rng, step)
+        size += len(text)
+        started = time.perf_counter()
+        index.add_tool_result(text, "read_inbox", step, lambda path: ("untrusted",) if path.endswith("body") else ())
+        costs.append((time.perf_counter() - started) * 1000)
+    costs.sort()
+    return view, index, size / 1e6, costs[round(0.99 * (len(costs) - 1))]
 
 
 def timed(decide, calls: list[tuple[str, str]]) -> tuple[float, float]:
@@ -108,6 +156,30 @@ def main(count: int) -> None:
         lines.append(f"| Sentrail (indexed by tool, one context per call) | {label} | {fast[0]:.3f} | {fast[1]:.3f} |")
         lines.append(f"| naive (every rule, full context) | {label} | {slow[0]:.3f} | {slow[1]:.3f} |")
         lines.append(f"| ratio naive / Sentrail | {label} | {slow[0] / fast[0]:.0f}x | {slow[1] / fast[1]:.0f}x |")
+    view, index, megabytes, index_p99 = provenance_session()
+    text = policy_file(False, provenance_rules=True)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "tools.yaml"
+        path.write_text(text)
+        policy = load_tool_policy(path)
+    decider = Decider(policy, None)
+
+    def with_provenance(tool: str, arguments: str) -> None:
+        keys = lookup_keys(json.loads(arguments), policy.mentions)  # what the gateway reads from Redis (HMGET)
+        stored = ValueIndex({key: index.get(key) for key in keys if index.get(key)})
+        view.provenance = ProvenanceView(stored, untrusted=policy.file.provenance.untrusted)
+        decider.decide("c", tool, arguments, view)
+
+    unique = [(rng.choice(TOOLS), json.dumps({"amount": rng.randint(1, 300), "to": f"u{i}@example.com",
+                                               "path": f"/tmp/{i}", "body": f"see https://x{i}.example.net/a"}))
+              for i in range(count)]  # fmt: skip  (values never seen before: no memoized keys)
+    fast = timed(with_provenance, unique)
+    lines += [
+        f"| Sentrail, 50 of 200 rules read provenance (+ key lookup per call) | none | {fast[0]:.3f} | {fast[1]:.3f} |",
+        "",
+        f"Provenance index of the 500-step session: {megabytes:.2f} MB of tool output, {len(index):,} keys; "
+        f"indexing one step's ~2 KB tool result: p99 {index_p99:.2f} ms (at step start, not per decision).",
+    ]
     report = "\n".join(lines)
     print(report)
     (ROOT / "bench" / "results" / "policy_decisions.md").write_text(report + "\n")

@@ -25,7 +25,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from rails.pipeline import Decision
-from rails.tools.provenance import PROMPT, ValueIndex, decode_origins, encode_origin
+from rails.tools.provenance import ORIGINS_PER_KEY, PROMPT, ValueIndex, decode_origins, encode_origin
 
 from .approvals import approved_key
 from .errors import BudgetExceeded, InvalidRequest, SessionNotFound
@@ -136,7 +136,7 @@ local function apply_writes(commands)
 end
 """
 _COMMIT = APPLY_WRITES + "apply_writes(cjson.decode(ARGV[1]))"
-PROV_CAP, PROV_MAX_KEYS = 8, 200_000
+PROV_MAX_KEYS = 200_000
 
 
 def _index(tenant: str) -> str:
@@ -280,7 +280,7 @@ class SessionStore:
         if pending.new_labels:
             writes.append(["SADD", labels_key, *sorted(pending.new_labels)])
         if pending.index:
-            writes.append(["PROVMERGE", prov_key, str(PROV_CAP), str(PROV_MAX_KEYS), *_prov_lines(pending.index)])
+            writes.append(["PROVMERGE", prov_key, str(ORIGINS_PER_KEY), str(PROV_MAX_KEYS), *_prov_lines(pending.index)])
         writes += [["EXPIRE", key, ttl] for key in (meta_key, steps_key, calls_key, labels_key, prov_key)]
         writes.append(["ZADD", _index(state.tenant), now, state.session_id])
         return writes

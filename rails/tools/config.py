@@ -28,6 +28,8 @@ FUNCTIONS = frozenset({
     "type", "dyn", "duration", "timestamp", "has", "email_domain", "path_under", "lower", "tool_count",
     "provenance", "from_user", "trusted", "user_pointed", "tainted", "made_up", "user_mentions", "sinks",
 })  # fmt: skip
+PROVENANCE_FUNCTIONS = frozenset({"provenance", "from_user", "trusted", "user_pointed", "tainted", "made_up",
+                                  "user_mentions", "sinks"})  # fmt: skip
 _MENTIONS = re.compile(r"user_mentions\(([^)]*)\)")
 _LITERAL = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'")
 _BINDER = re.compile(r"\.\s*(?:exists|all|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
@@ -85,6 +87,7 @@ class CompiledRule(msgspec.Struct, frozen=True):
     rule: Rule
     program: Any  # cel.Program | None
     reads_calls: bool  # the expression looks at session.calls (the history is built only then)
+    reads_provenance: bool = False  # it calls a provenance function (registered in the context only then)
 
 
 class ToolPolicy(msgspec.Struct, frozen=True):
@@ -157,7 +160,8 @@ def load_tool_policy(path: Path) -> ToolPolicy:
             when_node = _node(node, [*where, "when"])
             line, message = _cel_line(when_node, problem)
             errors.append(f"{path}:{line}: rules[{index}].when ({rule.name}): {message}")
-        compiled.append(CompiledRule(rule, program, "session.calls" in (rule.when or "")))
+        reads = program is not None and bool(PROVENANCE_FUNCTIONS.intersection(program.references()["functions"]))
+        compiled.append(CompiledRule(rule, program, "session.calls" in (rule.when or ""), reads))
     seen: set[str] = set()
     for index, entry in enumerate(compiled):
         if entry is not None and entry.rule.name in seen:

@@ -186,7 +186,7 @@ class Decider:
             matched, action, reason = True, rule.action, rule.reason or f"rule {rule.name}"
             if compiled.program is not None:
                 if context is None:
-                    context = _context(call_id, tool, args, view, self.policy, any(r.reads_calls for r in rules))
+                    context = _context(call_id, tool, args, view, self.policy, rules)
                 try:
                     matched = compiled.program.execute(context) is True
                 except Exception as exc:
@@ -196,14 +196,14 @@ class Decider:
         return results
 
 
-def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: ToolPolicy, with_calls: bool) -> Any:
+def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: ToolPolicy, rules: list) -> Any:
     session: dict[str, Any] = {
         "id": view.session_id,
         "labels": sorted(view.labels),
         "steps": view.steps,
         "call_count": sum(view.tool_counts.values()),
     }
-    if with_calls:
+    if any(r.reads_calls for r in rules):
         recent = view.calls[-policy.file.history :] if policy.file.history else []
         session["calls"] = [c.record() for c in recent]
     context = cel.Context({
@@ -215,8 +215,9 @@ def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: Tool
     context.add_function("path_under", path_under)
     context.add_function("lower", str.lower)
     context.add_function("tool_count", view.tool_counts.__getitem__)  # a function: no per-call map copy
-    for name, function in view.provenance.functions().items():
-        context.add_function(name, function)
+    if any(r.reads_provenance for r in rules):
+        for name, function in view.provenance.functions().items():
+            context.add_function(name, function)
     return context
 
 

@@ -19,6 +19,7 @@ model made it up, or computed it: dates, sums).
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 import re
 import unicodedata
@@ -31,7 +32,8 @@ import yaml
 PROMPT = frozenset({"user", "system", "developer"})
 MAX_PHRASE = 6  # a value of up to this many words may match a phrase inside a text
 MAX_WHOLE = 512  # characters: a longer text or field is not indexed as a whole value
-MAX_FIELD_PHRASES = 32  # a tool-result field (or plain result) of up to this many words is indexed by phrases
+MAX_FIELD_PHRASES = MAX_PHRASE  # a tool-result field (or plain result) this short is indexed by its phrases too
+ORIGINS_PER_KEY = 8  # beyond this a key takes only prompt origins (those make a value trusted): bounded size
 MAX_PROMPT_WORDS = 4000  # phrases of a prompt beyond this many words are not indexed (entities still are)
 MAX_STRUCTURED = 1 << 20  # characters: a longer tool result is indexed as plain text
 _EDGE = "\"'`.,;:!?()[]{}<>*_~|$€£«»\u201c\u201d\u2018\u2019"
@@ -57,6 +59,7 @@ _DATE_ISO = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 _DATE_MDY = re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.IGNORECASE)
 _DATE_DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})\.?,?\s+(\d{{4}})\b", re.IGNORECASE)
 SINK_KINDS = ("url", "email", "iban", "tel")
+_DIGIT = re.compile(r"\d")
 
 
 class Origin(msgspec.Struct, array_like=True, frozen=True):
@@ -121,15 +124,30 @@ def _url_form(url: str) -> str:
     return (host + sep + rest).rstrip("/")
 
 
-def entities(text: str) -> Iterator[tuple[str, str, str]]:
+def entities(text: str) -> tuple[tuple[str, str, str], ...]:
     """(kind, normal form, text as written) of each sink value and date in `text`."""
-    emails = list(_EMAIL.finditer(text))
+    if len(text) > 256:
+        return tuple(_scan(text))
+    return _short_entities(text)
+
+
+@functools.lru_cache(maxsize=8192)  # argument values are scanned by several rules and by the key lookup
+def _short_entities(text: str) -> tuple[tuple[str, str, str], ...]:
+    return tuple(_scan(text))
+
+
+def _scan(text: str) -> Iterator[tuple[str, str, str]]:
+    if "." not in text and not _DIGIT.search(text):
+        return  # no URL, address, IBAN, phone number or date can be in it
+    emails = list(_EMAIL.finditer(text)) if "@" in text else []
     for found in emails:
         yield "email", found.group(0).lower(), found.group(0)
     for found in _URL.finditer(text):
         if any(e.start() <= found.start() < e.end() for e in emails):
             continue
         yield "url", _url_form(found.group(0)), found.group(0).rstrip(".,;:!?'\"")
+    if not _DIGIT.search(text):
+        return
     for found in _IBAN.finditer(text):
         yield "iban", re.sub(r"\s", "", found.group(0)), found.group(0)
     for found in _PHONE.finditer(text):
@@ -161,6 +179,11 @@ def value_keys(value: Any) -> list[str]:
         return [f"v:{_number(repr(value))}"] if abs(value) < 1e18 else []
     if not isinstance(value, str):
         return []
+    return list(_string_keys(value))
+
+
+@functools.lru_cache(maxsize=4096)  # rules ask about the same argument values again and again
+def _string_keys(value: str) -> tuple[str, ...]:
     keys = []
     normal = words(value)
     if normal and (len(normal) <= MAX_PHRASE or len(value) <= MAX_WHOLE):
@@ -169,7 +192,7 @@ def value_keys(value: Any) -> list[str]:
     for kind, form, written in entities(stripped):
         if written.strip() == stripped or kind == "date":
             keys.append(f"{kind}:{form}")
-    return keys
+    return tuple(keys)
 
 
 def sinks(value: Any) -> list[str]:
@@ -177,8 +200,13 @@ def sinks(value: Any) -> list[str]:
     found: list[str] = []
     for leaf in leaves(value):
         if isinstance(leaf, str):
-            found.extend(written for kind, _, written in entities(leaf) if kind in SINK_KINDS)
+            found.extend(_string_sinks(leaf))
     return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _string_sinks(text: str) -> tuple[str, ...]:
+    return tuple(written for kind, _, written in entities(text) if kind in SINK_KINDS)
 
 
 def leaves(value: Any) -> Iterator[Any]:
@@ -221,7 +249,7 @@ class ValueIndex:
 
     def add(self, key: str, origin: Origin) -> None:
         found = self.entries.setdefault(key, [])
-        if origin not in found:
+        if (len(found) < ORIGINS_PER_KEY or origin.source in PROMPT) and origin not in found:
             found.append(origin)
 
     def get(self, key: str) -> list[Origin]:
