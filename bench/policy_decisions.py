@@ -75,7 +75,7 @@ def tool_output(rng: random.Random, step: int) -> str:
             f"  subject: Invoice {rng.randint(1000, 9999)} for order {rng.randint(1, 10**6)}\n"
             f"  amount: {rng.randint(1, 5000)}.{rng.randint(0, 99):02d}\n"
             f"  body: Please find attached the invoice. Pay to GB{rng.randint(10, 99)}NWBK{rng.randint(10**13, 10**14)}"
-            f" before the due date, or visit https://billing{rng.randint(1, 50)}.example.net/pay/{rng.randint(1, 10**6)}"
+            f" before the due date, or visit https://billing{rng.randint(1, 50)}.example.net/pay/{rng.randint(1, 999)}"
             f" for details. Regards, the billing team of shop number {rng.randint(1, 999)}.\n"
         )
     return "".join(records)

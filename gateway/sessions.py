@@ -280,7 +280,8 @@ class SessionStore:
         if pending.new_labels:
             writes.append(["SADD", labels_key, *sorted(pending.new_labels)])
         if pending.index:
-            writes.append(["PROVMERGE", prov_key, str(ORIGINS_PER_KEY), str(PROV_MAX_KEYS), *_prov_lines(pending.index)])
+            limits = [str(ORIGINS_PER_KEY), str(PROV_MAX_KEYS)]
+            writes.append(["PROVMERGE", prov_key, *limits, *_prov_lines(pending.index)])
         writes += [["EXPIRE", key, ttl] for key in (meta_key, steps_key, calls_key, labels_key, prov_key)]
         writes.append(["ZADD", _index(state.tenant), now, state.session_id])
         return writes
