@@ -332,6 +332,8 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def _paths(data: Any, path: str) -> Iterator[tuple[str, Any]]:
     if isinstance(data, dict):
         for key, value in data.items():
+            if isinstance(key, str):  # keys can be values too: {"Hotel Ritz": ...}, shared_with: {address: ...}
+                yield f"{path}.{key}.<key>", key
             yield from _paths(value, f"{path}.{key}")
     elif isinstance(data, list):
         for index, value in enumerate(data):
@@ -342,7 +344,8 @@ def _paths(data: Any, path: str) -> Iterator[tuple[str, Any]]:
 
 def field_shape(path: str) -> str:
     """A field path without its list positions and root, for matching `labels.fields` patterns:
-    `$.transactions[3].subject` -> `transactions.subject`; `$[0].sender` -> `sender`."""
+    `$.transactions[3].subject` -> `transactions.subject`; `$[0].sender` -> `sender`; a mapping's key is
+    a field of its own: `$.Hotel Ritz.<key>` -> `Hotel Ritz.<key>` (pattern `*.<key>`)."""
     return re.sub(r"\[\d+\]", "", path).removeprefix("$").lstrip(".")
 
 
