@@ -245,9 +245,10 @@ def step_events(run: Any, step: Any, content: bool, rails_version: str) -> list[
         accepted["content"] = step.received
     events = [accepted]
     for decision in step.rails:
+        labelled = {"label": decision.label, "message": decision.message} if decision.label else {}
         events.append({"type": "rail", **base, "rail": decision.rail, "stage": decision.stage,
                        "action": decision.action, "reason": decision.reason, "shadow": decision.shadow,
-                       "rails_version": rails_version})  # fmt: skip
+                       "rails_version": rails_version, **labelled})  # fmt: skip
     for decision in step.tool_calls:
         events.append({"type": "tool_call", **base, "call_id": decision.call_id, "tool": decision.tool,
                        "action": decision.action, "rule": decision.rule, "reason": decision.reason,

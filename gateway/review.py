@@ -9,12 +9,14 @@ from .audit import AuditLog
 from .errors import SessionNotFound
 from .sessions import SessionStore
 
-DECISIONS = ("rail_block", "rail_modify", "tool_deny", "tool_approval", "tool_allow")
+DECISIONS = ("rail_block", "rail_modify", "rail_label", "policy_bypass", "tool_deny", "tool_approval", "tool_allow")
 
 
 def _decision(record: dict[str, Any]) -> str | None:
     if record.get("type") == "rail" and not record.get("shadow"):
-        return {"block": "rail_block", "modify": "rail_modify"}.get(record.get("action", ""))
+        return {"block": "rail_block", "modify": "rail_modify", "label": "rail_label"}.get(record.get("action", ""))
+    if record.get("type") == "request" and any(f.startswith("policy_bypass:") for f in record.get("flags") or ()):
+        return "policy_bypass"
     if record.get("type") == "tool_call":
         return {"deny": "tool_deny", "require_approval": "tool_approval", "allow": "tool_allow"}.get(record["action"])
     return None
