@@ -25,7 +25,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from rails.pipeline import Decision
-from rails.tools.provenance import ORIGINS_PER_KEY, PROMPT, ValueIndex, decode_origins, encode_origin
+from rails.tools.provenance import ORIGINS_PER_KEY, PROMPT, Origin, ValueIndex, decode_origins, encode_origin
 
 from .approvals import approved_key
 from .errors import BudgetExceeded, InvalidRequest, SessionNotFound
@@ -334,10 +334,14 @@ def _state(tenant: str, session_id: str, meta: dict, calls: dict, labels: set, a
 
 
 def _prov_lines(index: ValueIndex) -> list[str]:
-    out = []
+    out: list[str] = []
+    encoded: dict[Origin, str] = {}  # one text's keys share its origin: encode it once
     for key, origins in index.entries.items():
         for origin in origins:
-            out += [key, encode_origin(origin), "1" if origin.source in PROMPT else "0"]
+            line = encoded.get(origin)
+            if line is None:
+                line = encoded[origin] = encode_origin(origin)
+            out += [key, line, "1" if origin.source in PROMPT else "0"]
     return out
 
 

@@ -105,10 +105,13 @@ class ToolGuard:
         start = 0 if pending.is_new else len(messages) - len(new_messages(request))
         names = {c.id: c.function.name for m in messages[:start] if isinstance(m, AssistantMessage)
                  for c in m.tool_calls or ()}  # fmt: skip
+        indexed = policy.reads_provenance  # no rule asks where values came from: nothing to index
         for index in range(start, len(messages)):
-            message, text = messages[index], message_text(messages[index].content)
+            message = messages[index]
             if not isinstance(message, ToolMessage):
-                pending.index.add_message(type(message).__struct_config__.tag, text, pending.number)
+                if indexed:
+                    pending.index.add_message(type(message).__struct_config__.tag, message_text(message.content),
+                                              pending.number)  # fmt: skip
                 continue
             call = pending.state.calls.get(message.tool_call_id)
             labels = per_message.get(index, set())
@@ -123,10 +126,11 @@ class ToolGuard:
                 if policy.file.bypass.action == "block":
                     raise PolicyViolation(f"The tool result answers a call {BYPASS_REASONS[bypass]} "
                                           f"({message.tool_call_id}).", f"messages[{index}]")  # fmt: skip
-            tool = call.name if call is not None else names.get(message.tool_call_id, "")
-            pointed = call is not None and call.pointed
-            pending.index.add_tool_result(text, tool, pending.number, policy.field_labels(tool), pointed,
-                                          tuple(sorted(labels)))  # fmt: skip
+            if indexed:
+                tool = call.name if call is not None else names.get(message.tool_call_id, "")
+                pointed = call is not None and call.pointed
+                pending.index.add_tool_result(message_text(message.content), tool, pending.number,
+                                              policy.field_labels(tool), pointed, tuple(sorted(labels)))  # fmt: skip
 
     def judge(
         self, request: ChatCompletionRequest, pending: PendingStep, tenant: str, approvals: ApprovalStore | None,

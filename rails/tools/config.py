@@ -100,6 +100,13 @@ class ToolPolicy(msgspec.Struct, frozen=True):
     mentions: frozenset[str] = frozenset()  # the literal words rules ask `user_mentions` about (prefetched)
     resolved: dict[str, list[CompiledRule]] = msgspec.field(default_factory=dict)  # tool -> its rules, memoized
 
+    @property
+    def reads_provenance(self) -> bool:
+        """Some rule calls a provenance function: the session's values are indexed only then."""
+        return any(r.reads_provenance for rules in self.exact.values() for _, r in rules) or any(
+            r.reads_provenance for _, r in self.globs
+        )
+
     def rules_for(self, tool: str) -> list[CompiledRule]:
         rules = self.resolved.get(tool)
         if rules is None:

@@ -19,7 +19,9 @@ def copy(tmp_path: Path) -> Path:
 
 def test_the_shipped_cases_pass_and_a_wrong_expectation_fails(tmp_path, capsys):
     assert main(["policy", "test", "--dir", str(POLICIES)]) == 0
-    assert "33/33 expectations hold" in capsys.readouterr().out
+    assert "35/35 expectations hold" in capsys.readouterr().out
+    assert main(["policy", "test", "--dir", str(POLICIES.parents[1])]) == 0  # the shipped default
+    assert "19/19 expectations hold" in capsys.readouterr().out
     policies = copy(tmp_path)
     cases = policies / "tests" / "agent.yaml"
     cases.write_text(cases.read_text().replace("{call: run_shell, args: {cmd: ls}, expect: deny, rule: no-shell}",
@@ -27,7 +29,7 @@ def test_the_shipped_cases_pass_and_a_wrong_expectation_fails(tmp_path, capsys):
     assert main(["policy", "test", "--dir", str(policies)]) == 1
     out = capsys.readouterr().out
     assert f"FAIL {cases}:7: shell is never allowed: expected allow, got deny (rule no-shell)" in out
-    assert "32/33 expectations hold" in out
+    assert "34/35 expectations hold" in out
 
 
 def test_check_reports_every_broken_file_with_its_line(tmp_path, capsys):
