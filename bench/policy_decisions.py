@@ -40,7 +40,7 @@ PROVENANCE = [
     "has(call.args.to) && !trusted(call.args.to)",
     'sinks(call.args).exists(s, tainted(s, "injection") && !from_user(s))',
     'has(call.args.path) && !user_pointed(call.args.path) && !user_mentions("delete")',
-    "provenance(call.args.amount).exists(o, o.source == \"tool\" && \"untrusted\" in o.labels)",
+    'provenance(call.args.amount).exists(o, o.source == "tool" && "untrusted" in o.labels)',
 ]
 
 
@@ -170,9 +170,20 @@ def main(count: int) -> None:
         view.provenance = ProvenanceView(stored, untrusted=policy.file.provenance.untrusted)
         decider.decide("c", tool, arguments, view)
 
-    unique = [(rng.choice(TOOLS), json.dumps({"amount": rng.randint(1, 300), "to": f"u{i}@example.com",
-                                               "path": f"/tmp/{i}", "body": f"see https://x{i}.example.net/a"}))
-              for i in range(count)]  # fmt: skip  (values never seen before: no memoized keys)
+    unique = [
+        (
+            rng.choice(TOOLS),
+            json.dumps(
+                {
+                    "amount": rng.randint(1, 300),
+                    "to": f"u{i}@example.com",
+                    "path": f"/tmp/{i}",
+                    "body": f"see https://x{i}.example.net/a",
+                }
+            ),
+        )
+        for i in range(count)
+    ]  # fmt: skip  (values never seen before: no memoized keys)
     fast = timed(with_provenance, unique)
     lines += [
         f"| Sentrail, 50 of 200 rules read provenance (+ key lookup per call) | none | {fast[0]:.3f} | {fast[1]:.3f} |",

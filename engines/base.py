@@ -1,6 +1,6 @@
 """The engine interface: a narrow protocol (generate / abort / check_health) and the engine errors.
 
-Engines speak the OpenAI wire types of `gateway.protocol` (a leaf module): a request goes in, chunks
+Engines speak the OpenAI wire types of `protocol.openai` (a leaf module): a request goes in, chunks
 come out. Every engine streams; the gateway accumulates chunks for non-streaming clients.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from gateway.protocol import ChatCompletionChunk, ChatCompletionRequest, SentrailError
+from protocol.openai import ChatCompletionChunk, ChatCompletionRequest, SentrailError
 
 
 class EngineError(SentrailError):

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import structlog
 
-from gateway.protocol import (
+from protocol.openai import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import msgspec
 from redis.exceptions import RedisError
 
-from .protocol import ErrorBody, ErrorDetail, SentrailError
+from protocol.openai import ErrorBody, ErrorDetail, SentrailError
 
 
 class ErrorKind(NamedTuple):

@@ -19,7 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from .protocol import ChatCompletionRequest
+from protocol.openai import ChatCompletionRequest
 
 SERVICE_NAME = "sentrail"
 

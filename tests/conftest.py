@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from engines.process import free_port
-from gateway.redis_server import redis_server_binary
+from gateway.stores.redis_server import redis_server_binary
 
 
 class RedisServer:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import msgspec
 
-from gateway.protocol import (
+from protocol.openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,

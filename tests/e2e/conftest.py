@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from engines.models import EMBEDDED_MODEL_ID, prepare_embedded_model
 from engines.process import free_port
-from gateway.app import create_app
+from gateway.http.app import create_app
 from gateway.observability import configure_logging
 from gateway.settings import load_settings
 from tests.otlp_receiver import OtlpReceiver

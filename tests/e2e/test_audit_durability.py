@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from engines.process import free_port
-from gateway.cli import main
+from gateway.cli.main import main
 
 from .conftest import ROOT, serve, stop
 

@@ -4,7 +4,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.app import model_endpoint
+from gateway.http.app import model_endpoint
 from rails.base import Stage
 from rails.config import load_rails
 from rails.pipeline import RailPipeline

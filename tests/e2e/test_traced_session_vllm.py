@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.observability import configure_logging
 
 from .test_tools_vllm import TOOLS, fetched_history, step

@@ -8,10 +8,10 @@ from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway.app import create_app
-from gateway.keys import KeyStore
+from gateway.http.app import create_app
 from gateway.observability import configure_logging
 from gateway.settings import load_settings
+from gateway.stores.keys import KeyStore
 from tests.doubles import ScriptedEngine
 
 MODEL = "test-model"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from gateway.audit import AuditLog
-from gateway.cli import main
+from gateway.cli.main import main
+from gateway.stores.audit import AuditLog
 from tests.doubles import ScriptedEngine, calls_chunks
 
 from .conftest import MODEL

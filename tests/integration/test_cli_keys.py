@@ -2,7 +2,7 @@
 
 import json
 
-from gateway.cli import main
+from gateway.cli.main import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from gateway.keys import Limits
 from gateway.settings import ConfigError, load_settings
+from gateway.stores.keys import Limits
 from tests.conftest import RedisServer
 from tests.doubles import ScriptedEngine
 
@@ -118,7 +118,7 @@ async def test_wall_time_budget(make_client, keys, monkeypatch):
     async with make_client(dev_mode=False) as client:
         assert (await client.post(CHAT, json=BODY, headers=headers)).status_code == 200
         later = time.time() + 61
-        monkeypatch.setattr("gateway.chat.time.time", lambda: later)
+        monkeypatch.setattr("gateway.steps.chat.time.time", lambda: later)
         refused = await client.post(CHAT, json=BODY, headers=headers)
     assert refused.status_code == 403 and "max_session_seconds=60" in refused.json()["error"]["message"]
 

@@ -4,7 +4,7 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from gateway.cli import main
+from gateway.cli.main import main
 from tests.doubles import ScriptedEngine, calls_chunks
 
 from .conftest import MODEL

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from tests.doubles import ScriptedEngine
 
 from .conftest import MODEL

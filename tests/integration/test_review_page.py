@@ -17,7 +17,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from engines.process import free_port
-from gateway.app import create_app
+from gateway.http.app import create_app
 from gateway.settings import load_settings
 from tests.doubles import ScriptedEngine, calls_chunks
 

@@ -9,14 +9,14 @@ from opentelemetry.trace import NoOpTracer
 
 from engines.base import EngineUnavailable
 from engines.pool import EnginePool
-from gateway.chat import ChatService, StepContext
 from gateway.errors import ClientDisconnected
-from gateway.keys import DEV_KEY
+from gateway.http.routes.chat import until_disconnect
 from gateway.metrics import Metrics
-from gateway.protocol import ChatCompletionRequest, UserMessage
-from gateway.ratelimit import RateLimiter
-from gateway.routes.chat import until_disconnect
-from gateway.sessions import SessionStore
+from gateway.steps.chat import ChatService, StepContext
+from gateway.stores.keys import DEV_KEY
+from gateway.stores.ratelimit import RateLimiter
+from gateway.stores.sessions import SessionStore
+from protocol.openai import ChatCompletionRequest, UserMessage
 from tests.doubles import ScriptedEngine, text_chunks
 
 

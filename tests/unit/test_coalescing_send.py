@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from gateway.middleware import CoalescingSend
+from gateway.http.middleware import CoalescingSend
 
 
 class Recorder:

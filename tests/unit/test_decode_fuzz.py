@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import InvalidJSON, InvalidRequest, kind_of
-from gateway.routes.chat import decode_chat_request
+from gateway.http.routes.chat import decode_chat_request
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

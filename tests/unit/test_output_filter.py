@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.guard import OutputBlocked, OutputFilter
+from gateway.steps.guard import OutputBlocked, OutputFilter
 from rails.base import Stage
 from rails.builtin.detect import pii_rail
 from rails.builtin.limits import DenyRail

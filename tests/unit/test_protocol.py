@@ -3,7 +3,9 @@ import pytest
 
 from engines.remote import OpenAIEngine
 from gateway.errors import InvalidJSON, InvalidRequest
-from gateway.protocol import (
+from gateway.http.routes.chat import decode_chat_request
+from gateway.steps.streaming import Accumulator
+from protocol.openai import (
     AssistantMessage,
     ChatCompletionRequest,
     DeveloperMessage,
@@ -15,8 +17,6 @@ from gateway.protocol import (
     ToolMessage,
     UserMessage,
 )
-from gateway.routes.chat import decode_chat_request
-from gateway.streaming import Accumulator
 from tests.doubles import text_chunks, tool_call_chunks
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}, "strict": True}}

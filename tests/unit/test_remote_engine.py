@@ -8,8 +8,8 @@ import pytest
 
 from engines.base import EngineError, EngineRejected, EngineUnavailable
 from engines.remote import OpenAIEngine
-from gateway.protocol import ChatCompletionRequest, UserMessage
-from gateway.streaming import Accumulator
+from gateway.steps.streaming import Accumulator
+from protocol.openai import ChatCompletionRequest, UserMessage
 from tests.doubles import text_chunks
 
 REQUEST = ChatCompletionRequest(model="public", messages=[UserMessage("hi")], stream=True)

@@ -13,7 +13,7 @@ from aiohttp import web
 from engines.base import EngineUnavailable
 from engines.remote import OpenAIEngine
 from engines.upstream import split_lines
-from gateway.protocol import ChatCompletionRequest, UserMessage
+from protocol.openai import ChatCompletionRequest, UserMessage
 from tests.doubles import text_chunks
 
 REQUEST = ChatCompletionRequest(model="public", messages=[UserMessage("hi")], stream=True)

@@ -1,0 +1,1 @@
+"""The HTTP surface: the app and its lifecycle, middleware, routes (thin handlers), the review page."""
