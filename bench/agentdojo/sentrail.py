@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import time
-import urllib.request
+import sys
 from pathlib import Path
 
 from engine import MODEL_ID
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: shared helpers
+from procs import stop_group, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 SENTRAIL = ROOT / ".venv" / "bin" / "sentrail"
@@ -71,31 +72,16 @@ class SentrailProcess:
 
     def _wait_ready(self, timeout_s: float) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"sentrail ({self.name}) exited with {self.process.returncode}:\n{tail}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/health/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"sentrail ({self.name}) not ready after {timeout_s:.0f} s; see {self.log_path}")
+        url = f"http://127.0.0.1:{self.port}/v1/health/ready"
+        try:
+            wait_ready(self.process, url, timeout_s, f"sentrail ({self.name})", self.log_path)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """SIGTERM the gateway's process group (its embedded Redis too), SIGKILL after 20 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_group(self.process)
 
     def version(self) -> str:
         """The git commit of the Sentrail checkout that serves (with a note when the tree has edits)."""

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
-import urllib.request
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: shared helpers
+from procs import stop_group, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 VENVS = ROOT / "bench" / ".venvs"
@@ -68,30 +69,11 @@ class Gateway:
 
     def wait_ready(self, timeout_s: float = 180) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        url = f"http://127.0.0.1:{self.port}{self.ready_path}"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.key} exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.key} not ready after {timeout_s:.0f} s; see {self.log_path}")
+        wait_ready(self.process, f"http://127.0.0.1:{self.port}{self.ready_path}", timeout_s, self.key, self.log_path)
 
     def stop(self) -> None:
         """SIGTERM the gateway's process group (it was started in its own session), SIGKILL after 20 s."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_group(self.process)
 
 
 def venv_python(name: str) -> Path:
