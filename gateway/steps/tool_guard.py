@@ -221,7 +221,7 @@ class Judge:
             log.info("tool_call_decided", tool=name, call_id=call_id, action=decision.action, rule=decision.rule,
                      reason=decision.reason, version=decision.policy_version, ticket=decision.ticket)  # fmt: skip
         view.add(PastCall(name, canonical_arguments(arguments), decision.action))  # later calls of the step count it
-        if decision.action == "allow":
+        if decision.action == "allow" and self.decider.policy.is_source(name):
             self.pending.pointed[call_id] = view.provenance.points(_parsed(arguments))
         self.decisions.append(decision)
         self.arguments[call_id] = arguments

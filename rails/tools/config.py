@@ -54,6 +54,9 @@ class Labels(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ProvenanceSpec(msgspec.Struct, forbid_unknown_fields=True):
+    # tools (names or globs) whose result the user points at by naming it in an argument (a file, a URL, a
+    # channel): a result of such a call whose arguments came from the user's messages is `user_pointed`
+    sources: list[str] = []
     # labels that make a value's origin untrusted (a tool result or field carrying one)
     untrusted: list[str] = msgspec.field(default_factory=lambda: ["untrusted", "injection", "policy_bypass"])
 
@@ -134,6 +137,10 @@ class ToolPolicy(msgspec.Struct, frozen=True):
             return next((found for pattern, found in patterns if fnmatch.fnmatchcase(shape, pattern)), own)
 
         return labels
+
+    def is_source(self, tool: str) -> bool:
+        """The user can point at this tool's results (`provenance.sources`)."""
+        return any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.file.provenance.sources)
 
     def label_for_rail(self, rail: str) -> str | None:
         return next((lb for pattern, lb in self.file.labels.rails.items() if fnmatch.fnmatchcase(rail, pattern)), None)

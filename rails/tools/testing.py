@@ -94,7 +94,7 @@ def run_cases(policy: ToolPolicy, path: Path) -> tuple[int, list[Failure]]:
                 view.labels |= policy.labels_for_tool(step.call)
                 if step.result is not None:
                     text = step.result if isinstance(step.result, str) else json.dumps(step.result)
-                    pointed = view.provenance.points(step.args)
+                    pointed = policy.is_source(step.call) and view.provenance.points(step.args)
                     index.add_tool_result(text, step.call, step_index, policy.field_labels(step.call), pointed,
                                           tuple(sorted(labels)))  # fmt: skip
                     view.labels |= labels

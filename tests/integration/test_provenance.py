@@ -19,9 +19,12 @@ labels:
   tools:
     read_inbox: [untrusted]
     read_file: [untrusted]
+    fetch: [untrusted]
   fields:
     get_transactions:
       "subject": [untrusted]       # third parties write it
+provenance:
+  sources: [read_file]             # the user names a file: its contents are what the user pointed at
 rules:
   - name: pay-only-trusted-ibans
     tools: [send_money]
@@ -105,20 +108,30 @@ async def test_provenance_from_earlier_steps_is_read_from_the_store(make_client,
 
 
 async def test_a_source_the_user_pointed_at_is_admitted(make_client, bank_policies):
-    engine = ScriptedEngine(calls_chunks(("read_file", '{"name": "bill-december.txt"}', "r1")))
+    """read_file is a declared source: the user named the file, so its IBAN is admitted. fetch is not: a
+    URL the user gave does not re-admit what a third party wrote on that page."""
+    first = calls_chunks(("read_file", '{"name": "bill-december.txt"}', "r1"),
+                         ("fetch", '{"url": "https://shop.example.com/invoice"}', "f1"))  # fmt: skip
+    engine = ScriptedEngine(first)
     headers = {"x-session-id": "flow-3"}
-    user = {"role": "user", "content": "Pay the bill in bill-december.txt, then delete the other draft file"}
+    asked = "Pay the bill in bill-december.txt and the invoice at https://shop.example.com/invoice"
+    user = {"role": "user", "content": asked + ", then delete the other draft file"}
     async with make_client(engine, policies_dir=bank_policies) as client:
         await client.post(CHAT, json={"model": MODEL, "messages": [user], "tools": TOOLS}, headers=headers)
         engine.script = calls_chunks(("send_money", '{"iban": "GB29NWBK60161331926819", "amount": 98}', "p1"),
+                                     ("send_money", '{"iban": "FR7630006000011234567890189", "amount": 5}', "p2"),
                                      ("delete_file", '{"name": "draft.txt"}', "d1"))  # fmt: skip
         history = [
             user,
-            assistant(("read_file", {"name": "bill-december.txt"}, "r1")),
+            assistant(
+                ("read_file", {"name": "bill-december.txt"}, "r1"),
+                ("fetch", {"url": "https://shop.example.com/invoice"}, "f1"),
+            ),
             {"role": "tool", "tool_call_id": "r1", "content": "Bill: 98.00 to GB29 NWBK 6016 1331 9268 19"},
+            {"role": "tool", "tool_call_id": "f1", "content": "Invoice: 5.00 to FR76 3000 6000 0112 3456 7890 189"},
         ]
         response = await client.post(CHAT, json={"model": MODEL, "messages": history, "tools": TOOLS}, headers=headers)
-    assert decisions(response) == {"p1": "allow", "d1": "allow"}  # pointed at by the user; "delete" was asked
+    assert decisions(response) == {"p1": "allow", "p2": "deny", "d1": "allow"}  # "delete" was asked
 
 
 async def test_a_labelled_injection_lets_reads_go_on_and_refuses_its_destinations(make_client):
