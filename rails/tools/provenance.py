@@ -152,8 +152,9 @@ def _scan(text: str) -> Iterator[tuple[str, str, str]]:
         yield "iban", re.sub(r"\s", "", found.group(0)), found.group(0)
     for found in _PHONE.finditer(text):
         digits = re.sub(r"\D", "", found.group(0))
-        if 8 <= len(digits) <= 15 and not _DATE_ISO.fullmatch(found.group(0).strip()):
-            yield "tel", digits, found.group(0)
+        clock = text.startswith(":", found.end()) and text[found.end() + 1 : found.end() + 2].isdigit()
+        if 8 <= len(digits) <= 15 and not _DATE_ISO.search(found.group(0)) and not clock:
+            yield "tel", digits, found.group(0)  # not a date, nor a date and an hour ("2024-05-18 08:00")
     for iso in _dates(text):
         yield "date", iso, iso
 
@@ -286,16 +287,17 @@ class ValueIndex:
         """Index a tool result: each leaf of a JSON or YAML document with its path and that field's
         labels (plus `extra`: the result's rail labels), or the text as a whole."""
         data = structured(text)
+        phrases = None if pointed else MAX_FIELD_PHRASES  # a document the user named is read like a prompt
         if data is None:
             origin = Origin("tool", tool, step, "", _merge(labels(""), extra), pointed)
-            self.add_text(text, origin, MAX_FIELD_PHRASES)
+            self.add_text(text, origin, phrases)
             return
         if len(text) <= MAX_WHOLE:  # also as one text (a YAML reading of prose may have split it)
             self.add("v:" + " ".join(words(text)), Origin("tool", tool, step, "", _merge(labels(""), extra), pointed))
         for path, leaf in _paths(data, "$"):
             origin = Origin("tool", tool, step, path, _merge(labels(path), extra), pointed)
             if isinstance(leaf, str):
-                self.add_text(leaf, origin, MAX_FIELD_PHRASES)
+                self.add_text(leaf, origin, phrases)
             else:
                 for key in value_keys(leaf):
                     self.add(key, origin)

@@ -84,6 +84,12 @@ def test_sinks_inside_free_text_are_traced_one_by_one():
     assert view.made_up(body["text"]) and not view.trusted(body["text"])
 
 
+def test_dates_and_times_are_not_phone_numbers():
+    for text in ["2023-04-25 09:00", "on 2024-05-18 08:00 sharp", "2024-06-10 13:00 to 17:00", "at 10:00"]:
+        assert sinks(text) == [], text
+    assert sinks("call +1 (555) 123-4567 or 020 7946 0958") == ["+1 (555) 123-4567", "020 7946 0958"]
+
+
 def test_an_assistant_text_and_system_prompt_are_sources_of_their_own_kind():
     view = view_of(("system", "You work for ACME; escalate to ops@acme.example"), ("assistant", "Try ceo@acme.example"))
     assert [o.source for o in view.origins("ops@acme.example")] == ["system"] and view.from_user("ops@acme.example")
@@ -104,6 +110,11 @@ def test_a_pointed_source_is_admitted_by_user_pointed_only():
     assert view.points({"name": "bill-december.txt"}) and not view.points({"name": "other.txt"})
     index.add_tool_result("Bill: pay to GB29NWBK60161331926819", "read_file", 2, lambda p: ("untrusted",), True)
     assert view.user_pointed("GB29NWBK60161331926819") and not view.trusted("GB29NWBK60161331926819")
+    letter = "Dear customer, as discussed we moved last month. The new address is Dalton Street 123 in New York."
+    index.add_tool_result(letter, "read_file", 3, lambda p: ("untrusted",), True)  # named: read like a prompt
+    index.add_tool_result(letter.replace("Dalton", "Elm"), "read_file", 4, lambda p: ("untrusted",), False)
+    assert view.user_pointed({"street": "Dalton Street 123", "city": "New York"})
+    assert view.made_up("Elm Street 123")  # a long text nobody pointed at: its phrases are not indexed
 
 
 def test_lookup_keys_cover_what_rules_can_ask():
