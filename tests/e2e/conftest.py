@@ -115,9 +115,12 @@ def gateway(tmp_path_factory):
     configure_logging("json", "info", stream=logs, cache=False)
     otlp = OtlpReceiver()  # the standard OTel variables turn OTLP export on, as in production
     data_dir = str(tmp_path_factory.mktemp("data"))
-    # the shipped policies, plus one deny phrase and one NeMo Guardrails rail to test with
+    # the shipped policies folder with the strict example's rules (the e2e tests exercise its web, e-mail,
+    # shell and payment rules and its blocking injection rail), plus one deny phrase and one NeMo rail
     policies = Path(shutil.copytree(ROOT / "policies", tmp_path_factory.mktemp("e2e") / "policies"))
-    rails = yaml.safe_load((ROOT / "policies" / "rails.yaml").read_text())
+    strict = ROOT / "policies" / "examples" / "strict-agent"
+    shutil.copy(strict / "tools.yaml", policies / "tools.yaml")
+    rails = yaml.safe_load((strict / "rails.yaml").read_text())
     rails["stages"]["output"].append({"rail": "deny", "keywords": [FORBIDDEN]})
     rails["stages"]["input"].append({"rail": "nemo", "name": "input.nemo_regex", "config": "nemo/regex"})
     (policies / "nemo" / "regex").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Inbound rails through the official client and the real engine (shipped policies/rails.yaml)."""
+"""Inbound rails through the official client and the real engine (the strict example's rails.yaml)."""
 
 import httpx
 import openai

@@ -1,4 +1,4 @@
-"""Tool-call policies through the official client and the real engine (shipped policies/tools.yaml).
+"""Tool-call policies through the official client and the real engine (the strict example's tools.yaml).
 Named `tool_choice` and strict schemas with one allowed value make SmolLM2 propose exactly the call
 each test needs; the policy decides what the client receives."""
 
