@@ -102,8 +102,8 @@ class ToolGuard:
                 per_message.setdefault(decision.message if decision.message is not None else -1, set()).add(label)
         messages = request.messages
         start = 0 if pending.is_new else len(messages) - len(new_messages(request))
-        names = {c.id: c.function.name for m in messages[:start] if isinstance(m, AssistantMessage)
-                 for c in m.tool_calls or ()}  # fmt: skip
+        names = {c.id: c.function.name for m in messages if isinstance(m, AssistantMessage)
+                 for c in m.tool_calls or ()}  # fmt: skip  (the tools a resent history says it called)
         indexed = policy.reads_provenance  # no rule asks where values came from: nothing to index
         for index in range(start, len(messages)):
             message = messages[index]
@@ -114,8 +114,8 @@ class ToolGuard:
                 continue
             call = pending.state.calls.get(message.tool_call_id)
             labels = per_message.get(index, set())
-            if call is not None:
-                pending.new_labels |= policy.labels_for_tool(call.name)
+            tool = call.name if call is not None else names.get(message.tool_call_id, "")
+            pending.new_labels |= policy.labels_for_tool(tool)  # labels only restrict: a claimed tool's apply too
             if not pending.is_new and (bypass := _bypass(call)):
                 labels = labels | {policy.file.bypass.label}
                 pending.new_labels.add(policy.file.bypass.label)
@@ -126,7 +126,6 @@ class ToolGuard:
                     raise PolicyViolation(f"The tool result answers a call {BYPASS_REASONS[bypass]} "
                                           f"({message.tool_call_id}).", f"messages[{index}]")  # fmt: skip
             if indexed:
-                tool = call.name if call is not None else names.get(message.tool_call_id, "")
                 pointed = call is not None and call.pointed
                 pending.index.add_tool_result(message_text(message.content), tool, pending.number,
                                               policy.field_labels(tool), pointed, tuple(sorted(labels)))  # fmt: skip

