@@ -83,7 +83,7 @@ def tool_output(rng: random.Random, step: int) -> str:
 
 
 def provenance_session() -> tuple[SessionView, ValueIndex, float, float]:
-    """A 500-step session: a user request, then one tool result (~2 KB) per step; the index as stored.
+    """A 500-step session: a user message and one tool result (~2 KB) per step; the index as stored.
     Returns the view, the index, the total tool output in MB and the p99 ms to index one step."""
     rng = random.Random(3)
     view = session()
@@ -91,6 +91,8 @@ def provenance_session() -> tuple[SessionView, ValueIndex, float, float]:
     index.add_message("user", "Pay the invoices from billing to GB29NWBK60161331926819 and mail x@evil.test", 0)
     size, costs = 0, []
     for step in range(1, 501):
+        index.add_message("user", f"Thanks. Next, check invoice {rng.randint(1000, 9999)} from shop "
+                                  f"{rng.randint(1, 999)} and tell me whether it was paid on time.", step)
         text = tool_output(rng, step)
         size += len(text)
         started = time.perf_counter()
@@ -168,7 +170,7 @@ def main(count: int) -> None:
 
     def with_provenance(tool: str, arguments: str) -> None:
         keys = lookup_keys(json.loads(arguments), policy.mentions)  # what the gateway reads from Redis (HMGET)
-        stored = ValueIndex({key: index.get(key) for key in keys if index.get(key)})
+        stored = ValueIndex({key: index.entries[key] for key in keys if key in index.entries}, index.texts)
         view.provenance = ProvenanceView(stored, untrusted=policy.file.provenance.untrusted)
         decider.decide("c", tool, arguments, view)
 
@@ -190,7 +192,8 @@ def main(count: int) -> None:
     lines += [
         f"| Sentrail, 50 of 200 rules read provenance (+ key lookup per call) | none | {fast[0]:.3f} | {fast[1]:.3f} |",
         "",
-        f"Provenance index of the 500-step session: {megabytes:.2f} MB of tool output, {len(index):,} keys; "
+        f"Provenance index of the 500-step session: {megabytes:.2f} MB of tool output, {len(index):,} keys, "
+        f"{len(index.texts.lines)} prompt texts searched by phrase; "
         f"indexing one step's ~2 KB tool result: p99 {index_p99:.2f} ms (at step start, not per decision).",
     ]
     report = "\n".join(lines)

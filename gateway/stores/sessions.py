@@ -7,6 +7,7 @@ One session is four keys sharing a hash tag (one slot, should a Cluster layout e
   labels  set: data-flow labels; only ever added to
   prov    hash: the provenance index, value key -> the places it appeared (one JSON array a line; see
           rails/tools/provenance.py): merged by the `PROVMERGE` write, read per step for its calls' values
+  texts   list: the prompts (and documents the user pointed at), normalized, searched by phrase
 plus a per-tenant index (sorted set by last update) for listing.
 
 Hot path: `begin` reads the session in one pipelined round trip; the step's writes go in one atomic
@@ -29,7 +30,17 @@ from gateway.stores.approvals import approved_key
 from gateway.stores.keys import KeyRecord
 from protocol.openai import AssistantMessage, ChatCompletionRequest, ToolMessage
 from rails.pipeline import Decision
-from rails.tools.provenance import ORIGINS_PER_KEY, PROMPT, Origin, ValueIndex, decode_origins, encode_origin
+from rails.tools.provenance import (
+    ORIGINS_PER_KEY,
+    PROMPT,
+    Origin,
+    Texts,
+    ValueIndex,
+    decode_origins,
+    decode_text,
+    encode_origin,
+    encode_text,
+)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _encoder = msgspec.json.Encoder()
@@ -108,6 +119,10 @@ def _prov_key(tenant: str, session_id: str) -> str:
     return f"sentrail:{{{tenant}|{session_id}}}:prov"
 
 
+def _texts_key(tenant: str, session_id: str) -> str:
+    return f"sentrail:{{{tenant}|{session_id}}}:texts"
+
+
 # The session's provenance index grows by merging: each origin line is added to its key's lines unless
 # already there; beyond `cap` lines a key takes only prompt origins (the ones that make a value trusted),
 # and beyond `max_keys` keys no new key is added (bounded memory per session).
@@ -135,7 +150,7 @@ local function apply_writes(commands)
 end
 """
 _COMMIT = APPLY_WRITES + "apply_writes(cjson.decode(ARGV[1]))"
-PROV_MAX_KEYS = 200_000
+PROV_MAX_KEYS, PROV_MAX_TEXTS = 200_000, 2000  # values, and prompt texts kept
 
 
 def _index(tenant: str) -> str:
@@ -246,12 +261,14 @@ class SessionStore:
         await self._commit([], [_encoder.encode(self.step_writes(pending, step, emitted_calls)).decode()])
 
     async def provenance(self, tenant: str, session_id: str, keys: set[str]) -> ValueIndex:
-        """The stored origins of these value keys (one read)."""
-        ordered = sorted(keys)
-        if not ordered:
-            return ValueIndex()
-        found = await self.redis.hmget(_prov_key(tenant, session_id), ordered)
-        return ValueIndex({key: decode_origins(raw) for key, raw in zip(ordered, found, strict=True) if raw})
+        """The stored origins of these value keys, and the session's texts searched by phrase (one round trip)."""
+        ordered = sorted(keys) or ["v:"]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(_prov_key(tenant, session_id), ordered)
+            pipe.lrange(_texts_key(tenant, session_id), 0, -1)
+            found, lines = await pipe.execute()
+        entries = {key: decode_origins(raw) for key, raw in zip(ordered, found, strict=True) if raw}
+        return ValueIndex(entries, Texts([text for line in lines if (text := decode_text(line)) is not None]))
 
     def step_writes(
         self, pending: PendingStep, step: Step, emitted_calls: dict[str, ToolCallRecord]
@@ -278,10 +295,15 @@ class SessionStore:
             writes.append(["HSET", calls_key, *(item for pair in updates.items() for item in pair)])
         if pending.new_labels:
             writes.append(["SADD", labels_key, *sorted(pending.new_labels)])
-        if pending.index:
+        if pending.index.entries:
             limits = [str(ORIGINS_PER_KEY), str(PROV_MAX_KEYS)]
             writes.append(["PROVMERGE", prov_key, *limits, *_prov_lines(pending.index)])
-        writes += [["EXPIRE", key, ttl] for key in (meta_key, steps_key, calls_key, labels_key, prov_key)]
+        texts_key = _texts_key(state.tenant, state.session_id)
+        if pending.index.texts.lines:
+            writes.append(["RPUSH", texts_key, *(encode_text(o, t) for o, t in pending.index.texts.lines)])
+            writes.append(["LTRIM", texts_key, str(-PROV_MAX_TEXTS), "-1"])
+        keys = (meta_key, steps_key, calls_key, labels_key, prov_key, texts_key)
+        writes += [["EXPIRE", key, ttl] for key in keys]
         writes.append(["ZADD", _index(state.tenant), now, state.session_id])
         return writes
 
@@ -308,7 +330,8 @@ class SessionStore:
 
     async def delete(self, tenant: str, session_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*_keys(tenant, session_id), _prov_key(tenant, session_id), approved_key(tenant, session_id))
+            pipe.delete(*_keys(tenant, session_id), _prov_key(tenant, session_id), _texts_key(tenant, session_id),
+                        approved_key(tenant, session_id))  # fmt: skip
             pipe.zrem(_index(tenant), session_id)
             deleted, _ = await pipe.execute()
         return deleted > 0

@@ -1,23 +1,28 @@
 """Argument provenance: where each value of a proposed tool call entered the session.
 
 Every text that enters a session is indexed once, when it arrives: the user's, system and developer
-messages, each field of a structured tool result (JSON or YAML: one origin per leaf, with its path), an
-unstructured tool result, and the assistant's own text. The index maps *keys* to *origins*:
+messages, each field of a structured tool result (JSON or YAML: one origin per leaf and mapping key,
+with its path), an unstructured tool result, and the assistant's own text. Two structures:
 
-  v:<words>      a whole text or field, and (for prompts and short fields) every phrase of up to
-                 `MAX_PHRASE` words in it: casefolded, NFKC, whitespace collapsed, edge punctuation off
-  url:/email:/iban:/tel:/date:<normal form>
-                 the sink values found anywhere in a text (a URL in an e-mail body, an IBAN written in
-                 groups or wrapped onto two lines, a date written in words), in one normal form each
+  keys -> origins   v:<words>  a tool-result field or plain result as a whole, and every phrase of up to
+                               `MAX_PHRASE` words of a short one (casefolded, NFKC, whitespace collapsed,
+                               edge punctuation off)
+                    url:/email:/iban:/tel:/date:<normal form>  the sink values found anywhere in any text
+                               (a URL in an e-mail body, an IBAN in groups or wrapped onto two lines, a
+                               date written in words), in one normal form each
+  texts             the prompts, and documents the user pointed at, kept whole and normalized: a phrase
+                    is found by one substring search over them (what people type is small; a key per
+                    phrase cost ~100 writes per 20-word message)
 
-A value is looked up by the same keys, so lookups are dict reads (no scan of the history). A value of
-more than `MAX_PHRASE` words matches only a whole text or field, never a substring: a long argument is
-not "from the user" because each of its words is. A value that appears nowhere has no origin (the
-model made it up, or computed it: dates, sums).
+A value is looked up by the same keys (dict reads, no scan of the tool output). A value of more than
+`MAX_PHRASE` words matches only a whole text or field, never a substring: a long argument is not "from
+the user" because each of its words is. A value that appears nowhere has no origin (the model made it
+up, or computed it: dates, sums).
 """
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import functools
 import json
@@ -34,7 +39,7 @@ MAX_PHRASE = 6  # a value of up to this many words may match a phrase inside a t
 MAX_WHOLE = 512  # characters: a longer text or field is not indexed as a whole value
 MAX_FIELD_PHRASES = MAX_PHRASE  # a tool-result field (or plain result) this short is indexed by its phrases too
 ORIGINS_PER_KEY = 8  # beyond this a key takes only prompt origins (those make a value trusted): bounded size
-MAX_PROMPT_WORDS = 4000  # phrases of a prompt beyond this many words are not indexed (entities still are)
+MAX_TEXT_CHARS = 64_000  # a prompt's (or pointed document's) words searched by phrase, at most (entities: all)
 MAX_STRUCTURED = 1 << 20  # characters: a longer tool result is indexed as plain text
 _EDGE = "\"'`.,;:!?()[]{}<>*_~|$€£«»\u201c\u201d\u2018\u2019"
 _WORD = re.compile(r"\S+")
@@ -95,6 +100,20 @@ def decode_origins(raw: bytes | str) -> list[Origin]:
         except msgspec.DecodeError:
             continue
     return origins
+
+
+def encode_text(origin: Origin, text: str) -> str:
+    """A text searched by phrase, stored as one line: its origin, a tab, its normalized words."""
+    return encode_origin(origin) + "\t" + text
+
+
+def decode_text(raw: bytes | str) -> tuple[Origin, str] | None:
+    line = raw.decode() if isinstance(raw, bytes) else raw
+    head, _, text = line.partition("\t")
+    try:
+        return _origin_decoder.decode(head), text
+    except msgspec.DecodeError:
+        return None
 
 
 # --- normal forms ------------------------------------------------------------------------------------
@@ -239,14 +258,61 @@ def lookup_keys(args: Any, words_asked: Iterable[str] = ()) -> set[str]:
 FieldLabels = Callable[[str], tuple[str, ...]]  # field path -> its labels
 
 
-class ValueIndex:
-    """Key -> origins, deduplicated; what one step adds (pending) or a slice of the session's (stored)."""
+class Texts:
+    """Texts whose phrases are found by searching them rather than by keys: the prompts (user, system,
+    developer messages) and documents the user pointed at. Each is kept once, normalized, with its origin;
+    a phrase is looked up with one substring search over all of them (people type little: writing every
+    phrase of a 20-word message as a key cost ~100 writes a step)."""
 
-    def __init__(self, entries: dict[str, list[Origin]] | None = None) -> None:
+    def __init__(self, lines: list[tuple[Origin, str]] | None = None) -> None:
+        self.lines: list[tuple[Origin, str]] = lines or []  # (origin, " w1 w2 ... ")
+        self._hay: str | None = None
+        self._starts: list[int] = []
+        self._words: set[str] = set()
+
+    def add(self, origin: Origin, normal: list[str]) -> None:
+        self.lines.append((origin, " " + " ".join(normal)[:MAX_TEXT_CHARS] + " "))
+        self._hay = None
+
+    def find(self, phrase: str, whole: bool) -> list[Origin]:
+        """Origins of the texts holding `phrase` as whole words (`whole`: as the entire text)."""
+        if not self.lines:
+            return []
+        if self._hay is None:
+            self._starts, offset = [], 0
+            for _, text in self.lines:
+                self._starts.append(offset)
+                offset += len(text) + 1
+            self._hay = "\n".join(text for _, text in self.lines) + "\n"
+            self._words = set(self._hay.split())
+        if any(word not in self._words for word in phrase.split(" ")):
+            return []  # most values are in no prompt: no search
+        needle = f" {phrase} \n" if whole else f" {phrase} "
+        found: list[Origin] = []
+        at = self._hay.find(needle)
+        while at >= 0 and len(found) < ORIGINS_PER_KEY:
+            line = bisect.bisect_right(self._starts, at) - 1
+            if not whole or at == self._starts[line]:
+                origin = self.lines[line][0]
+                if origin not in found:
+                    found.append(origin)
+            at = self._hay.find(needle, at + 1)
+        return found
+
+
+class ValueIndex:
+    """Key -> origins (deduplicated) and the texts searched by phrase; what one step adds (pending) or a
+    slice of the session's (stored)."""
+
+    def __init__(self, entries: dict[str, list[Origin]] | None = None, texts: Texts | None = None) -> None:
         self.entries: dict[str, list[Origin]] = entries or {}
+        self.texts = texts or Texts()
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.texts.lines)
 
     def add(self, key: str, origin: Origin) -> None:
         found = self.entries.setdefault(key, [])
@@ -254,21 +320,29 @@ class ValueIndex:
             found.append(origin)
 
     def get(self, key: str) -> list[Origin]:
-        return self.entries.get(key, [])
+        found = self.entries.get(key, [])
+        if key.startswith("v:") and self.texts.lines:
+            phrase = key[2:]
+            hits = self.texts.find(phrase, whole=phrase.count(" ") >= MAX_PHRASE)
+            found = found + [o for o in hits if o not in found] if hits else found
+        return found
 
     def add_text(self, text: str, origin: Origin, phrase_limit: int | None) -> None:
         """Index a text: as a whole (if short), its sink values and dates, and its phrases when it has
-        at most `phrase_limit` words (None: up to `MAX_PROMPT_WORDS`, for prompts)."""
+        at most `phrase_limit` words (None: a prompt or pointed document, kept whole and searched by phrase)."""
         normal = words(text)
         if not normal:
             return
-        if len(text) <= MAX_WHOLE or len(normal) <= MAX_PHRASE:
+        if phrase_limit is not None and (len(text) <= MAX_WHOLE or len(normal) <= MAX_PHRASE):
             self.add("v:" + " ".join(normal), origin)
         for kind, form, _ in entities(text):
             self.add(f"{kind}:{form}", origin)
-        if phrase_limit is not None and len(normal) > phrase_limit:
+        if phrase_limit is None:  # a prompt or a document the user pointed at: searched, not keyed
+            self.texts.add(origin, normal)
             return
-        for start in range(min(len(normal), MAX_PROMPT_WORDS)):
+        if len(normal) > phrase_limit:
+            return
+        for start in range(len(normal)):
             for end in range(start + 1, min(start + MAX_PHRASE, len(normal)) + 1):
                 self.add("v:" + " ".join(normal[start:end]), origin)
 
