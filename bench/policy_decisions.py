@@ -91,8 +91,12 @@ def provenance_session() -> tuple[SessionView, ValueIndex, float, float]:
     index.add_message("user", "Pay the invoices from billing to GB29NWBK60161331926819 and mail x@evil.test", 0)
     size, costs = 0, []
     for step in range(1, 501):
-        index.add_message("user", f"Thanks. Next, check invoice {rng.randint(1000, 9999)} from shop "
-                                  f"{rng.randint(1, 999)} and tell me whether it was paid on time.", step)
+        index.add_message(
+            "user",
+            f"Thanks. Next, check invoice {rng.randint(1000, 9999)} from shop "
+            f"{rng.randint(1, 999)} and tell me whether it was paid on time.",
+            step,
+        )
         text = tool_output(rng, step)
         size += len(text)
         started = time.perf_counter()
@@ -168,29 +172,25 @@ def main(count: int) -> None:
         policy = load_tool_policy(path)
     decider = Decider(policy, None)
 
+    keys_ms: list[float] = []
+
     def with_provenance(tool: str, arguments: str) -> None:
-        keys = lookup_keys(json.loads(arguments), policy.mentions)  # what the gateway reads from Redis (HMGET)
+        started = time.perf_counter()  # the keys of the call's values, and their origins (the gateway: one HMGET)
+        keys = lookup_keys(json.loads(arguments), policy.mentions)
         stored = ValueIndex({key: index.entries[key] for key in keys if key in index.entries}, index.texts)
         view.provenance = ProvenanceView(stored, untrusted=policy.file.provenance.untrusted)
+        keys_ms.append((time.perf_counter() - started) * 1000)
         decider.decide("c", tool, arguments, view)
 
-    unique = [
-        (
-            rng.choice(TOOLS),
-            json.dumps(
-                {
-                    "amount": rng.randint(1, 300),
-                    "to": f"u{i}@example.com",
-                    "path": f"/tmp/{i}",
-                    "body": f"see https://x{i}.example.net/a",
-                }
-            ),
-        )
-        for i in range(count)
-    ]  # fmt: skip  (values never seen before: no memoized keys)
+    values = [{"amount": rng.randint(1, 300), "to": f"u{i}@example.com", "path": f"/tmp/{i}",
+               "body": f"see https://x{i}.example.net/a"} for i in range(count)]  # fmt: skip
+    unique = [(rng.choice(TOOLS), json.dumps(v)) for v in values]  # values never seen before: no memoized keys
     fast = timed(with_provenance, unique)
+    keys_ms.sort()
+    key_p50, key_p99 = keys_ms[len(keys_ms) // 2], keys_ms[round(0.99 * (len(keys_ms) - 1))]
     lines += [
-        f"| Sentrail, 50 of 200 rules read provenance (+ key lookup per call) | none | {fast[0]:.3f} | {fast[1]:.3f} |",
+        f"| Sentrail, 50 of 200 rules read provenance, with the key lookup | none | {fast[0]:.3f} | {fast[1]:.3f} |",
+        f"| of which the key lookup (the call's values -> their origins) | none | {key_p50:.3f} | {key_p99:.3f} |",
         "",
         f"Provenance index of the 500-step session: {megabytes:.2f} MB of tool output, {len(index):,} keys, "
         f"{len(index.texts.lines)} prompt texts searched by phrase; "

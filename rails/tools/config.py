@@ -91,6 +91,7 @@ class CompiledRule(msgspec.Struct, frozen=True):
     program: Any  # cel.Program | None
     reads_calls: bool  # the expression looks at session.calls (the history is built only then)
     reads_provenance: bool = False  # it calls a provenance function (registered in the context only then)
+    roots: frozenset[str] = ROOTS  # the variables it reads (call, session, request): only those are built
 
 
 class ToolPolicy(msgspec.Struct, frozen=True):
@@ -174,8 +175,10 @@ def load_tool_policy(path: Path) -> ToolPolicy:
             when_node = _node(node, [*where, "when"])
             line, message = _cel_line(when_node, problem)
             errors.append(f"{path}:{line}: rules[{index}].when ({rule.name}): {message}")
-        reads = program is not None and bool(PROVENANCE_FUNCTIONS.intersection(program.references()["functions"]))
-        compiled.append(CompiledRule(rule, program, "session.calls" in (rule.when or ""), reads))
+        references = program.references() if program is not None else {"functions": [], "variables": []}
+        reads = bool(PROVENANCE_FUNCTIONS.intersection(references["functions"]))
+        roots = ROOTS.intersection(references["variables"]) | {"call"}
+        compiled.append(CompiledRule(rule, program, "session.calls" in (rule.when or ""), reads, frozenset(roots)))
     seen: set[str] = set()
     for index, entry in enumerate(compiled):
         if entry is not None and entry.rule.name in seen:

@@ -197,20 +197,26 @@ class Decider:
 
 
 def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: ToolPolicy, rules: list) -> Any:
-    session: dict[str, Any] = {
-        "id": view.session_id,
-        "labels": sorted(view.labels),
-        "steps": view.steps,
-        "call_count": sum(view.tool_counts.values()),
+    """The CEL context of one call, with only the variables the tool's rules read (converting a variable
+    into CEL costs more than most rules do)."""
+    roots = frozenset().union(*(r.roots for r in rules))
+    variables: dict[str, Any] = {
+        "call": {"id": call_id, "name": tool, "args": args if isinstance(args, dict) else {"value": args}}
     }
-    if any(r.reads_calls for r in rules):
-        recent = view.calls[-policy.file.history :] if policy.file.history else []
-        session["calls"] = [c.record() for c in recent]
-    context = cel.Context({
-        "call": {"id": call_id, "name": tool, "args": args if isinstance(args, dict) else {"value": args}},
-        "session": session,
-        "request": {"tenant": view.tenant, "model": view.model},
-    })  # fmt: skip
+    if "session" in roots:
+        session: dict[str, Any] = {
+            "id": view.session_id,
+            "labels": sorted(view.labels),
+            "steps": view.steps,
+            "call_count": sum(view.tool_counts.values()),
+        }
+        if any(r.reads_calls for r in rules):
+            recent = view.calls[-policy.file.history :] if policy.file.history else []
+            session["calls"] = [c.record() for c in recent]
+        variables["session"] = session
+    if "request" in roots:
+        variables["request"] = {"tenant": view.tenant, "model": view.model}
+    context = cel.Context(variables)
     context.add_function("email_domain", email_domain)
     context.add_function("path_under", path_under)
     context.add_function("lower", str.lower)
