@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from rails.tools.config import load_tool_policy  # noqa: E402
 from rails.tools.decide import Decider, PastCall, SessionView, canonical  # noqa: E402
-from rails.tools.provenance import ProvenanceView, ValueIndex, lookup_keys  # noqa: E402
+from rails.tools.provenance import ProvenanceView, ValueIndex  # noqa: E402
+from rails.tools.values import lookup_keys  # noqa: E402
 
 TOOLS = [f"tool_{i:02d}" for i in range(50)]
 CONDITIONS = [

@@ -46,7 +46,8 @@ from rails.tools.decide import (
     arguments_sha256,
     canonical_arguments,
 )
-from rails.tools.provenance import ProvenanceView, ValueIndex, lookup_keys
+from rails.tools.provenance import ProvenanceView, ValueIndex
+from rails.tools.values import lookup_keys
 
 log = structlog.get_logger("sentrail.tools")
 Fetch = Callable[[set[str]], Awaitable[ValueIndex]]  # value keys -> their stored origins in the session
@@ -102,8 +103,9 @@ class ToolGuard:
                 per_message.setdefault(decision.message if decision.message is not None else -1, set()).add(label)
         messages = request.messages
         start = 0 if pending.is_new else len(messages) - len(new_messages(request))
-        names = {c.id: c.function.name for m in messages if isinstance(m, AssistantMessage)
-                 for c in m.tool_calls or ()}  # fmt: skip  (the tools a resent history says it called)
+        names = {
+            c.id: c.function.name for m in messages if isinstance(m, AssistantMessage) for c in m.tool_calls or ()
+        }  # fmt: skip  (the tools a resent history says it called)
         indexed = policy.reads_provenance  # no rule asks where values came from: nothing to index
         for index in range(start, len(messages)):
             message = messages[index]

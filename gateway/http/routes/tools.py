@@ -16,7 +16,8 @@ from gateway.steps.tool_guard import check_calls, session_view
 from gateway.stores.sessions import SESSION_ID
 from protocol.openai import Tool
 from rails.tools.decide import PastCall, SessionView, canonical_arguments
-from rails.tools.provenance import ProvenanceView, lookup_keys
+from rails.tools.provenance import ProvenanceView
+from rails.tools.values import lookup_keys
 
 
 class ProposedCall(msgspec.Struct, forbid_unknown_fields=True):

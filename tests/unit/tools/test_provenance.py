@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from rails.tools.config import load_tool_policy
 from rails.tools.decide import Decider, SessionView
-from rails.tools.provenance import ProvenanceView, ValueIndex, lookup_keys, sinks, value_keys
+from rails.tools.provenance import ProvenanceView, ValueIndex
+from rails.tools.values import lookup_keys, sinks, value_keys
 
 
 def view_of(*messages: tuple[str, str], results: tuple = (), untrusted=("untrusted",)) -> ProvenanceView:
