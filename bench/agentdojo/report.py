@@ -105,9 +105,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Figures]]:
 
 
 NOTES = """\
-- `allow-all` and `tool-labels` run the project's shipped `policies/rails.yaml` (copied as it is into
-  every suite folder), so rails are measured too; `provenance` runs it without the input `pii: mask`
-  rail (an agent that mails, pays and invites the addresses and accounts the user names must see them;
+- `allow-all` and `tool-labels` run the shipped `policies/rails.yaml` of the Sentrail tree that serves,
+  so rails are measured too; `provenance` runs `policies/provenance/rails.yaml`, the same without the
+  input `pii: mask` rail (an agent that mails, pays and invites the addresses and accounts the user names must see them;
   with it, the model never sees them and provenance finds `[EMAIL]` where the user typed one). Its
   `output.pii` rail (mask) turns the e-mail addresses of workspace `user_task_0`'s answer into
   `[EMAIL]`: a benign task that fails in every configuration. The `tool_result.injection` rail

@@ -4,7 +4,8 @@
     .venv/bin/python bench/agentdojo/run.py --configs allow-all,tool-labels --suites banking --limit 5 --trace
 
 A configuration is a folder bench/agentdojo/policies/<config>/ with one policy folder per suite
-(<suite>/tools.yaml and rails.yaml); every configuration present runs unless --configs picks some. For
+(<suite>/tools.yaml; rails.yaml from the suite's folder, else the configuration's, else the served tree's
+shipped policies/rails.yaml); every configuration present runs unless --configs picks some. For
 each suite, one Sentrail gateway per configuration serves in front of a scripted engine (engine.py)
 that plays the compromised agent (replay.py); AgentDojo runs in its own venv, bench/.venvs/agentdojo,
 created here on first use. Writes bench/results/agentdojo.md (and the raw results to agentdojo.json)
@@ -17,6 +18,7 @@ import argparse
 import json
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -86,13 +88,27 @@ def configurations(wanted: str | None) -> list[str]:
     return names
 
 
-def check_policies(configs: list[str], suites: list[str], source: Path) -> None:
+def assemble(configs: list[str], suites: list[str], source: Path, into: Path) -> Path:
+    """The policy folders that serve, as `into/<config>/<suite>/`: the suite's `tools.yaml`, and the first
+    `rails.yaml` of the suite's folder, the configuration's, or the served tree's shipped `policies/`."""
+    for config in configs:
+        for suite in suites:
+            folder, target = POLICIES / config / suite, into / config / suite
+            if not (folder / "tools.yaml").exists():
+                sys.exit(f"{folder}/tools.yaml is missing")
+            target.mkdir(parents=True)
+            shutil.copy(folder / "tools.yaml", target / "tools.yaml")
+            rails = next(p for p in (folder / "rails.yaml", POLICIES / config / "rails.yaml",
+                                     source / "policies" / "rails.yaml") if p.exists())  # fmt: skip
+            shutil.copy(rails, target / "rails.yaml")
+    return into
+
+
+def check_policies(policies: Path, configs: list[str], suites: list[str], source: Path) -> None:
     """`sentrail policy check --dir` on every folder that will serve: a broken one stops the run here."""
     for config in configs:
         for suite in suites:
-            folder = POLICIES / config / suite
-            if not (folder / "tools.yaml").exists():
-                sys.exit(f"{folder}/tools.yaml is missing")
+            folder = policies / config / suite
             command = [str(ROOT / ".venv" / "bin" / "python"), "-m", "gateway.cli", "policy", "check", "--dir",
                        str(folder)]  # fmt: skip
             done = subprocess.run(command, cwd=source, env={"PYTHONPATH": str(source), "PATH": "/usr/bin:/bin"},
@@ -146,9 +162,10 @@ def main() -> None:
         else:
             dirty = git("status", "--porcelain", "--", "gateway", "rails", "engines")
             source, sentrail = ROOT, git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else "")
-        check_policies(configs, suites, source)
+        policies = assemble(configs, suites, source, Path(tmp) / "policies")
+        check_policies(policies, configs, suites, source)
         raw = Path(tmp) / "results.json"
-        command = [str(python), str(HERE / "replay.py"), "--configs", *configs, "--policies", str(POLICIES),
+        command = [str(python), str(HERE / "replay.py"), "--configs", *configs, "--policies", str(policies),
                    "--suites", *suites, "--out", str(raw)]  # fmt: skip
         if args.limit:
             command += ["--limit", str(args.limit)]
