@@ -17,7 +17,7 @@ from gateway.settings import Settings
 from rails.builtin.nemo import Endpoint
 from rails.config import RailsConfigError
 from rails.tools.config import ToolPolicy, load_tool_policy
-from rails.tools.decide import Decider, PastCall, SessionView, canonical_arguments
+from rails.tools.decide import Decider, PastCall, SessionView, canonical_arguments, parse_arguments
 from rails.tools.provenance import ProvenanceView, ValueIndex
 from rails.tools.testing import load_cases, run_cases
 
@@ -181,6 +181,7 @@ def replay_session(policy: ToolPolicy, tenant: str, session_id: str, steps: list
     index = ValueIndex()
     view.provenance = ProvenanceView(index, untrusted=policy.file.provenance.untrusted)
     decider = Decider(policy, None)  # the request's declared tools are not recorded: schemas are not checked
+    pointed: dict[str, bool] = {}  # call id -> the user pointed at its result, by the candidate's `sources`
     for step in steps:
         view.labels |= set(step.get("labels") or ())
         for item in step.get("received") or ():  # as recorded: masked text; a blocked step's is not kept
@@ -189,7 +190,8 @@ def replay_session(policy: ToolPolicy, tenant: str, session_id: str, steps: list
                 index.add_message(item.get("role", ""), item.get("content", ""), step["step"])
             elif call is not None:
                 fields = policy.field_labels(call.name)
-                index.add_tool_result(item.get("content", ""), call.name, step["step"], fields, call.pointed)
+                was_pointed = pointed.get(item["tool_call_id"], False)
+                index.add_tool_result(item.get("content", ""), call.name, step["step"], fields, was_pointed)
         for recorded in step.get("tool_calls") or ():
             call = calls.get(recorded["call_id"])
             arguments = call.arguments if call is not None else "{}"
@@ -206,6 +208,8 @@ def replay_session(policy: ToolPolicy, tenant: str, session_id: str, steps: list
                     )
                 )
             view.add(PastCall(recorded["tool"], canonical_arguments(arguments), recorded["action"]))
+            if recorded["action"] == "allow" and policy.is_source(recorded["tool"]):
+                pointed[recorded["call_id"]] = view.provenance.points(parse_arguments(arguments))
         view.steps += 1
 
 

@@ -10,7 +10,6 @@ ticket. With no call left, `finish_reason` is `content_filter`. Decisions go int
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -45,6 +44,7 @@ from rails.tools.decide import (
     ToolDecision,
     arguments_sha256,
     canonical_arguments,
+    parse_arguments,
 )
 from rails.tools.provenance import ProvenanceView, ValueIndex
 from rails.tools.values import lookup_keys
@@ -198,7 +198,7 @@ class Judge:
         policy = self.decider.policy
         keys: set[str] = set()
         for raw in arguments:
-            keys |= lookup_keys(_parsed(raw), policy.mentions)
+            keys |= lookup_keys(parse_arguments(raw), policy.mentions)
         stored = ValueIndex()
         if self.fetch is not None and keys and not self.pending.is_new:
             stored = await self.fetch(keys)
@@ -223,7 +223,7 @@ class Judge:
                      reason=decision.reason, version=decision.policy_version, ticket=decision.ticket)  # fmt: skip
         view.add(PastCall(name, canonical_arguments(arguments), decision.action))  # later calls of the step count it
         if decision.action == "allow" and self.decider.policy.is_source(name):
-            self.pending.pointed[call_id] = view.provenance.points(_parsed(arguments))
+            self.pending.pointed[call_id] = view.provenance.points(parse_arguments(arguments))
         self.decisions.append(decision)
         self.arguments[call_id] = arguments
         return decision
@@ -232,7 +232,7 @@ class Judge:
         now = time.time()
         ticket = Ticket(
             id=new_ticket_id(), tenant=self.tenant, session_id=self.pending.state.session_id, call_id=call_id,
-            tool=name, arguments=arguments, arguments_sha256=arguments_sha256(_parsed(arguments)),
+            tool=name, arguments=arguments, arguments_sha256=arguments_sha256(parse_arguments(arguments)),
             policy_version=decision.policy_version, reason=decision.reason, created_at=now,
             expires_at=now + self.decider.policy.file.approval_ttl_s,
         )  # fmt: skip
@@ -350,13 +350,6 @@ async def judge_tool_calls(
 
 def _like(chunk: ChatCompletionChunk, delta: Delta) -> ChatCompletionChunk:
     return ChatCompletionChunk(chunk.id, chunk.model, [ChunkChoice(delta, None)], chunk.created)
-
-
-def _parsed(arguments: str) -> Any:
-    try:
-        return json.loads(arguments or "{}")
-    except json.JSONDecodeError:
-        return arguments
 
 
 def _builtins(decision: ToolDecision) -> dict[str, Any]:

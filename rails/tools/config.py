@@ -23,13 +23,12 @@ from .provenance import field_shape
 
 Action = Literal["allow", "deny", "require_approval"]
 ROOTS = frozenset({"call", "session", "request"})
-FUNCTIONS = frozenset({
-    "size", "matches", "startsWith", "endsWith", "contains", "int", "uint", "double", "string", "bool", "bytes",
-    "type", "dyn", "duration", "timestamp", "has", "email_domain", "path_under", "lower", "tool_count",
-    "provenance", "from_user", "trusted", "user_pointed", "tainted", "made_up", "user_mentions", "sinks",
-})  # fmt: skip
 PROVENANCE_FUNCTIONS = frozenset({"provenance", "from_user", "trusted", "user_pointed", "tainted", "made_up",
                                   "user_mentions", "sinks"})  # fmt: skip
+FUNCTIONS = PROVENANCE_FUNCTIONS | {
+    "size", "matches", "startsWith", "endsWith", "contains", "int", "uint", "double", "string", "bool", "bytes",
+    "type", "dyn", "duration", "timestamp", "has", "email_domain", "path_under", "lower", "tool_count",
+}  # fmt: skip
 _MENTIONS = re.compile(r"user_mentions\(([^)]*)\)")
 _LITERAL = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'")
 _BINDER = re.compile(r"\.\s*(?:exists|all|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
@@ -102,14 +101,8 @@ class ToolPolicy(msgspec.Struct, frozen=True):
     exact: dict[str, list[tuple[int, CompiledRule]]]
     globs: list[tuple[int, CompiledRule]]
     mentions: frozenset[str] = frozenset()  # the literal words rules ask `user_mentions` about (prefetched)
+    reads_provenance: bool = False  # some rule calls a provenance function: the session's values are indexed
     resolved: dict[str, list[CompiledRule]] = msgspec.field(default_factory=dict)  # tool -> its rules, memoized
-
-    @property
-    def reads_provenance(self) -> bool:
-        """Some rule calls a provenance function: the session's values are indexed only then."""
-        return any(r.reads_provenance for rules in self.exact.values() for _, r in rules) or any(
-            r.reads_provenance for _, r in self.globs
-        )
 
     def rules_for(self, tool: str) -> list[CompiledRule]:
         rules = self.resolved.get(tool)
@@ -206,7 +199,8 @@ def load_tool_policy(path: Path) -> ToolPolicy:
     version = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     mentions = frozenset(a or b for c in compiled if c is not None and c.rule.when
                          for call in _MENTIONS.findall(c.rule.when) for a, b in _LITERAL.findall(call))  # fmt: skip
-    return ToolPolicy(file, version, exact, globs, mentions)
+    reads = any(c.reads_provenance for c in compiled if c is not None)
+    return ToolPolicy(file, version, exact, globs, mentions, reads)
 
 
 def _compile(expression: str) -> tuple[Any, str | None]:

@@ -109,6 +109,14 @@ def canonical_arguments(arguments: str) -> str:
         return arguments
 
 
+def parse_arguments(arguments: str) -> Any:
+    """A call's raw arguments parsed (kept as written when they are not JSON)."""
+    try:
+        return json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return arguments
+
+
 def arguments_sha256(arguments: Any) -> str:
     return hashlib.sha256(canonical(arguments).encode()).hexdigest()
 

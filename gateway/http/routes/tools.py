@@ -15,7 +15,7 @@ from gateway.http.routes.deps import authenticate
 from gateway.steps.tool_guard import check_calls, session_view
 from gateway.stores.sessions import SESSION_ID
 from protocol.openai import Tool
-from rails.tools.decide import PastCall, SessionView, canonical_arguments
+from rails.tools.decide import PastCall, SessionView, canonical_arguments, parse_arguments
 from rails.tools.provenance import ProvenanceView
 from rails.tools.values import lookup_keys
 
@@ -43,15 +43,6 @@ class ToolCheckRequest(msgspec.Struct, forbid_unknown_fields=True):
     model: str = ""
 
 
-def _parsed(arguments: str | dict[str, Any]) -> Any:
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        return msgspec.json.decode(arguments or "{}")
-    except msgspec.DecodeError:
-        return None
-
-
 def _json(arguments: str | dict[str, Any]) -> str:
     return arguments if isinstance(arguments, str) else msgspec.json.encode(arguments).decode()
 
@@ -73,7 +64,7 @@ async def check_tool_calls(request: Request) -> dict[str, Any]:
         if state is None:
             raise SessionNotFound(body.session_id)
         view = session_view(state, body.model, set(body.labels))
-        keys = set().union(*(lookup_keys(_parsed(c.arguments), policy.mentions) for c in body.calls))
+        keys = set().union(*(lookup_keys(parse_arguments(_json(c.arguments)), policy.mentions) for c in body.calls))
         stored = await request.app.state.sessions.provenance(key.tenant, body.session_id, keys)
         view.provenance = ProvenanceView(stored, untrusted=policy.file.provenance.untrusted)
     else:

@@ -177,3 +177,9 @@ def test_a_value_absent_from_every_trusted_message_is_never_reported_as_from_one
     view = ProvenanceView(index)
     assert not view.from_user(rendered) and not view.trusted(rendered)
     assert all(o.source == "tool" for o in view.origins(rendered))
+
+
+def test_the_rules_functions_are_the_ones_the_loader_knows():
+    from rails.tools.config import PROVENANCE_FUNCTIONS
+
+    assert set(ProvenanceView().functions()) == PROVENANCE_FUNCTIONS
