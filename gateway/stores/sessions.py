@@ -150,7 +150,7 @@ local function apply_writes(commands)
 end
 """
 _COMMIT = APPLY_WRITES + "apply_writes(cjson.decode(ARGV[1]))"
-PROV_MAX_KEYS, PROV_MAX_TEXTS = 200_000, 2000  # values, and prompt texts kept
+PROV_MAX_KEYS, PROV_MAX_TEXTS = 200_000, 500  # values, and texts kept (each <= 16k chars: a step reads all)
 
 
 def _index(tenant: str) -> str:

@@ -36,7 +36,7 @@ from .values import MAX_PHRASE, MAX_WHOLE, entities, leaves, sinks, value_keys, 
 PROMPT = frozenset({"user", "system", "developer"})
 MAX_FIELD_PHRASES = MAX_PHRASE  # a tool-result field (or plain result) this short is indexed by its phrases too
 ORIGINS_PER_KEY = 8  # beyond this a key takes only prompt origins (those make a value trusted): bounded size
-MAX_TEXT_CHARS = 64_000  # a prompt's (or pointed document's) words searched by phrase, at most (entities: all)
+MAX_TEXT_CHARS = 16_000  # a prompt's (or pointed document's) words searched by phrase, at most (entities: all)
 MAX_STRUCTURED = 1 << 20  # characters: a longer tool result is indexed as plain text
 
 
