@@ -231,10 +231,12 @@ def test_gateway_settings_and_policies_load(tmp_path: Path):
     assert {m.id for m in settings.models} == {engine_data["VLLM_SERVED_MODEL_NAME"]}
 
     policies = _inside(root, settings.policies_dir)
-    _, rails = load_rails(policies / "rails.yaml")
+    config, rails = load_rails(policies / "rails.yaml")
     assert rails, "rails.yaml configures no rails"
+    assert config.stages == load_rails(ROOT / "policies" / "rails.yaml")[0].stages
     tools = load_tool_policy(policies / "tools.yaml")
-    assert tools.file.rules and tools.file.default == "deny"
+    shipped = load_tool_policy(ROOT / "policies" / "tools.yaml")  # the deployed policy is the repository's default
+    assert tools.file.rules and tools.file == shipped.file
 
 
 def test_redis_is_persistent():
