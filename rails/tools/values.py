@@ -36,6 +36,9 @@ _DATE_MDY = re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{
 _DATE_DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})\.?,?\s+(\d{{4}})\b", re.IGNORECASE)
 SINK_KINDS = ("url", "email", "iban", "tel")
 _DIGIT = re.compile(r"\d")
+_YEAR = re.compile(r"\d{4}")  # every date form has one
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_NO_DIGITS = str.maketrans("", "", "0123456789")
 
 
 def words(text: str) -> list[str]:
@@ -56,7 +59,7 @@ def _number(word: str) -> str:
 
 def _url_form(url: str) -> str:
     url = url.rstrip(".,;:!?'\"")
-    url = re.sub(r"^[a-z][a-z0-9+.-]*://", "", url, flags=re.IGNORECASE)
+    url = _SCHEME.sub("", url)
     host, sep, rest = url.partition("/")
     host = host.lower().removeprefix("www.")
     return (host + sep + rest).rstrip("/")
@@ -75,26 +78,30 @@ def _short_entities(text: str) -> tuple[tuple[str, str, str], ...]:
 
 
 def _scan(text: str) -> Iterator[tuple[str, str, str]]:
-    if "." not in text and not _DIGIT.search(text):
+    # Each kind is searched only where it can be (a dot, an @, enough digits): most values hold none.
+    digits = len(text) - len(text.translate(_NO_DIGITS))
+    if "." not in text and not digits:
         return  # no URL, address, IBAN, phone number or date can be in it
     emails = list(_EMAIL.finditer(text)) if "@" in text else []
     for found in emails:
         yield "email", found.group(0).lower(), found.group(0)
-    for found in _URL.finditer(text):
-        if any(e.start() <= found.start() < e.end() for e in emails):
-            continue
-        yield "url", _url_form(found.group(0)), found.group(0).rstrip(".,;:!?'\"")
-    if not _DIGIT.search(text):
-        return
-    for found in _IBAN.finditer(text):
-        yield "iban", re.sub(r"\s", "", found.group(0)), found.group(0)
-    for found in _PHONE.finditer(text):
-        digits = re.sub(r"\D", "", found.group(0))
-        clock = text.startswith(":", found.end()) and text[found.end() + 1 : found.end() + 2].isdigit()
-        if 8 <= len(digits) <= 15 and not _DATE_ISO.search(found.group(0)) and not clock:
-            yield "tel", digits, found.group(0)  # not a date, nor a date and an hour ("2024-05-18 08:00")
-    for iso in _dates(text):
-        yield "date", iso, iso
+    if "." in text:
+        for found in _URL.finditer(text):
+            if any(e.start() <= found.start() < e.end() for e in emails):
+                continue
+            yield "url", _url_form(found.group(0)), found.group(0).rstrip(".,;:!?'\"")
+    if digits >= 2:
+        for found in _IBAN.finditer(text):
+            yield "iban", re.sub(r"\s", "", found.group(0)), found.group(0)
+    if digits >= 8:
+        for found in _PHONE.finditer(text):
+            number = re.sub(r"\D", "", found.group(0))
+            clock = text.startswith(":", found.end()) and text[found.end() + 1 : found.end() + 2].isdigit()
+            if 8 <= len(number) <= 15 and not _DATE_ISO.search(found.group(0)) and not clock:
+                yield "tel", number, found.group(0)  # not a date, nor a date and an hour ("2024-05-18 08:00")
+    if digits >= 4 and _YEAR.search(text):
+        for iso in _dates(text):
+            yield "date", iso, iso
 
 
 def _dates(text: str) -> Iterator[str]:
