@@ -13,13 +13,12 @@ from gateway.http.routes.deps import authenticate
 from gateway.stores.approvals import TICKET_STATES, ApprovalDecision, Ticket
 
 log = structlog.get_logger("sentrail.approvals")
+READERS, DECIDERS = ("approver", "auditor"), ("approver",)
 
 
 @get("/v1/approvals")
 async def list_approvals(request: Request, status: str | None = None, limit: int = 100) -> dict[str, Any]:
-    key = await authenticate(request)
-    if "auditor" not in key.roles:
-        key.require_role("approver")
+    key = await authenticate(request, READERS)
     if status is not None and status not in TICKET_STATES:
         raise InvalidRequest(f"`status` must be one of {', '.join(TICKET_STATES)}.", "status")
     tickets = await request.app.state.approvals.list(key.tenant, status, max(1, min(limit, 1000)))
@@ -28,17 +27,14 @@ async def list_approvals(request: Request, status: str | None = None, limit: int
 
 @get("/v1/approvals/{ticket:str}")
 async def get_approval(request: Request, ticket: str) -> Ticket:
-    key = await authenticate(request)
-    if "auditor" not in key.roles:
-        key.require_role("approver")
+    key = await authenticate(request, READERS)
     return await request.app.state.approvals.get(key.tenant, ticket[:64])
 
 
 @post("/v1/approvals/{ticket:str}", status_code=200)
 async def decide_approval(request: Request, ticket: str) -> Ticket:
     """Body: {"decision": "approve" | "reject", "note": "..."}."""
-    key = await authenticate(request)
-    key.require_role("approver")
+    key = await authenticate(request, DECIDERS)
     body = decode_body(await request.body(), ApprovalDecision)
     approvals = request.app.state.approvals
     decided = await approvals.decide(key.tenant, ticket[:64], body.decision == "approve", key.key_id, body.note)

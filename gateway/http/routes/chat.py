@@ -1,3 +1,5 @@
+"""`POST /v1/chat/completions`. `agent` role (see deps.authenticate)."""
+
 from __future__ import annotations
 
 import asyncio

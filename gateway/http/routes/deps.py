@@ -1,14 +1,36 @@
-"""What every tenant-facing route needs first: the caller's key (401/403 come from here)."""
+"""What every tenant-facing route needs first: the caller's key (401/403 come from here), and the audit
+record of a deletion.
+
+Roles are checked here, once: `authenticate` requires the `agent` role unless the route names others,
+so a new route is closed to approver- and auditor-only keys until it says otherwise. An `admin` key
+holds every role; development mode's key (loopback only) too."""
 
 from __future__ import annotations
 
 from litestar import Request
 
+from gateway.errors import Forbidden
 from gateway.stores.keys import DEV_KEY, KeyRecord
 
+AGENT = ("agent",)
+ANY_ROLE = ()  # any valid key: for harmless metadata (the model list)
 
-async def authenticate(request: Request) -> KeyRecord:
+
+async def authenticate(request: Request, roles: tuple[str, ...] = AGENT) -> KeyRecord:
+    """The caller's key, which must hold one of `roles` (all pass when `roles` is empty)."""
     state = request.app.state
     if state.settings.dev_mode:
-        return DEV_KEY
-    return await state.key_store.authenticate(request.headers.get("authorization"))
+        key = DEV_KEY
+    else:
+        key = await state.key_store.authenticate(request.headers.get("authorization"))
+    if roles and "admin" not in key.roles and not set(roles) & set(key.roles):
+        named = " or ".join(repr(role) for role in roles)
+        raise Forbidden(f"This API key lacks the {named} role.", "authorization")
+    return key
+
+
+async def audit_deletion(request: Request, key: KeyRecord, what: str, **ids: str) -> None:
+    """`<what>_deleted` on the tenant's audit chain: who (key id), which (`ids`), when (the record's `ts`)."""
+    request_id = request.scope["sentrail_request_id"]  # type: ignore[typeddict-item]
+    event = {"type": f"{what}_deleted", **ids, "key_id": key.key_id, "request_id": request_id}
+    await request.app.state.audit.append(key.tenant, [event])

@@ -1,4 +1,5 @@
-"""`/v1/responses`: create (streaming or not), retrieve, delete; stored under the caller's tenant."""
+"""`/v1/responses`: create (streaming or not), retrieve, delete (audited); stored under the caller's tenant.
+`agent` role (see deps.authenticate)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.response import Stream
 
 from gateway.http.routes.chat import SSE_HEADERS, decode_body, until_disconnect
-from gateway.http.routes.deps import authenticate
+from gateway.http.routes.deps import audit_deletion, authenticate
 from gateway.steps.chat import StepContext
 from gateway.steps.responses import ResponseRun, ResponsesRequest, to_chat
 from gateway.stores.sessions import resolve_session_id
@@ -53,4 +54,5 @@ async def get_response(request: Request, response_id: str) -> dict[str, Any]:
 async def delete_response(request: Request, response_id: str) -> dict[str, Any]:
     key = await authenticate(request)
     await request.app.state.responses.delete(key.tenant, response_id)
+    await audit_deletion(request, key, "response", response_id=response_id)
     return {"id": response_id, "object": "response", "deleted": True}

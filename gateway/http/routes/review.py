@@ -27,9 +27,7 @@ async def review_page() -> Response[bytes]:
 
 
 async def _auditor(request: Request) -> KeyRecord:
-    key = await authenticate(request)
-    key.require_role("auditor")
-    return key
+    return await authenticate(request, ("auditor",))
 
 
 async def _tenants(request: Request, key: KeyRecord, tenant: str | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""The tenant's own sessions: list, read one (summary and ordered steps), delete."""
+"""The tenant's own sessions: list, read one (summary and ordered steps), delete (audited). `agent` role."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, delete, get
 
 from gateway.errors import SessionNotFound
-from gateway.http.routes.deps import authenticate
+from gateway.http.routes.deps import audit_deletion, authenticate
 from gateway.stores.sessions import SESSION_ID
 
 
@@ -37,4 +37,5 @@ async def delete_session(request: Request, session_id: str) -> dict[str, Any]:
     key = await authenticate(request)
     if not await request.app.state.sessions.delete(key.tenant, _checked(session_id)):
         raise SessionNotFound(session_id)
+    await audit_deletion(request, key, "session", session_id=session_id)
     return {"id": session_id, "object": "session.deleted", "deleted": True}

@@ -1,5 +1,6 @@
 """`POST /v1/tool-calls/check`: decide proposed calls against a stored session or a supplied trace,
-without generating and without recording anything (for frameworks that run tools themselves, and CI)."""
+without generating and without recording anything (for frameworks that run tools themselves, and CI).
+`agent` role (see deps.authenticate)."""
 
 from __future__ import annotations
 
