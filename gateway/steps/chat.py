@@ -26,8 +26,9 @@ from gateway.errors import ModelNotFound, describe, sse_error_event
 from gateway.metrics import Metrics
 from gateway.observability import bind_step, chat_span_attributes
 from gateway.steps.guard import ContentFiltered, Guard, filter_output
+from gateway.steps.history import History, text_key
 from gateway.steps.streaming import DONE, Accumulator, prepend, sse_event
-from gateway.steps.tool_guard import Judge, ToolGuard, judge_tool_calls
+from gateway.steps.tool_guard import Judge, PolicyViolation, ToolGuard, judge_tool_calls
 from gateway.stores.approvals import ApprovalStore, Ticket
 from gateway.stores.audit import AuditLog, step_events
 from gateway.stores.keys import KeyRecord
@@ -35,6 +36,7 @@ from gateway.stores.ratelimit import RateLimiter
 from gateway.stores.sessions import PendingStep, SessionStore, Step, ToolCallRecord
 from protocol.openai import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage
 from rails.pipeline import Decision
+from rails.tools.config import UnverifiedTurns
 from rails.tools.provenance import ValueIndex
 
 log = structlog.get_logger("sentrail.chat")
@@ -208,18 +210,23 @@ class ChatService:
             raise ModelNotFound(request.model)
         ctx.key.require_model(request.model)
         ctx.headers.update(await self.limiter.admit(ctx.key))
-        pending = await self.sessions.begin(ctx.key, ctx.session_id, ctx.is_new_session)
+        history = History.of(request)
+        pending = await self.sessions.begin(ctx.key, ctx.session_id, ctx.is_new_session, history.lookups())
         tokens_left = pending.check_budgets(time.time())
         ctx.headers["x-session-id"] = ctx.session_id
         bind_step(ctx.key.tenant, ctx.session_id)
         ctx.mark("admitted")
         decisions: list[Decision] = []
         try:  # before the engine and the session record see the messages
+            request = history.resolve(pending.seen, pending.state.calls)  # seen ones as the engine saw them
+            pending.fresh = history.fresh
+            self._unverified(history, pending)
             if self.guard is not None:
-                request, decisions = await self.guard.inbound(request)
+                request, decisions = await self.guard.inbound(request, history.fresh)
             pending.observe(request)
             if self.tools is not None:
                 self.tools.label(request, pending, decisions)
+            pending.judged = history.records(request)
         except ContentFiltered as blocked:  # the session records the blocked step, not its content
             pending.received, pending.index = [], ValueIndex()
             step = StepRun(request, ctx, pending, Accumulator(), api, blocked.decisions or decisions)
@@ -239,6 +246,24 @@ class ChatService:
             asked = request.max_completion_tokens or request.max_tokens or tokens_left
             request = msgspec.structs.replace(request, max_completion_tokens=min(asked, tokens_left), max_tokens=None)
         return StepRun(request, ctx, pending, Accumulator(), api, decisions, judge, delivered)
+
+    def _unverified(self, history: History, pending: PendingStep) -> None:
+        """Assistant turns the client sent that Sentrail never emitted in this session: flagged, labelled
+        (`unverified_turns` in the tool policy), or refused when the policy says block."""
+        if not history.unverified:
+            return
+        spec = self.tools.policy.file.unverified_turns if self.tools is not None else UnverifiedTurns()
+        for index in history.unverified:
+            pending.flags.append(f"unverified_assistant_turn:messages[{index}]")
+        pending.new_labels.add(spec.label)
+        log.warning("unverified_assistant_turns", count=len(history.unverified), new_session=pending.is_new)
+        if spec.action == "block":
+            first = history.unverified[0]
+            raise PolicyViolation(
+                "The request holds an assistant turn this session never produced; send the conversation as "
+                "Sentrail returned it, under its session id.",
+                f"messages[{first}]",
+            )
 
     async def _commit(self, run: StepRun) -> None:
         accumulator, pending = run.accumulator, run.pending
@@ -266,6 +291,8 @@ class ChatService:
             labels=sorted(pending.new_labels),
             timings=_commit_marks(run.ctx),
         )
+        if text := "".join(accumulator.content).strip():  # a resent turn holding it needs no second judgement
+            pending.judged[text_key(text)] = ""
         emitted = {c.id: ToolCallRecord(c.function.name, c.function.arguments, number,
                                         pointed=pending.pointed.get(c.id, False)) for c in calls}  # fmt: skip
         for decision in run.judge.decisions if run.judge is not None else ():

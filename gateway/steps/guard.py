@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from opentelemetry.trace import Tracer
 
 from gateway.errors import GatewayError
 from protocol.openai import (
-    AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
@@ -35,6 +35,7 @@ from rails.config import RailsConfigError, load_rails, referenced_files
 from rails.pipeline import Decision, RailPipeline, StageResult
 
 log = structlog.get_logger("sentrail.rails")
+SLICE_S = 0.002  # the longest the inbound rails run before the event loop gets a turn
 
 
 class ContentFiltered(GatewayError):
@@ -122,28 +123,40 @@ class Guard:
             task.cancel()
         await self.rails.pipeline.aclose()
 
-    async def inbound(self, request: ChatCompletionRequest) -> tuple[ChatCompletionRequest, list[Decision]]:
+    async def inbound(
+        self, request: ChatCompletionRequest, indices: Iterable[int]
+    ) -> tuple[ChatCompletionRequest, list[Decision]]:
+        """The rails on the messages at `indices` (those the session has not judged yet: history.py): tool
+        results at the tool_result stage, everything else the client wrote (an assistant turn it made up
+        included) at the input stage. Between messages the event loop gets a turn every `SLICE_S` seconds,
+        so that a request with many messages never holds the other clients for long."""
         messages = list(request.messages)
-        start = next((i + 1 for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], AssistantMessage)), 0)
         decisions: list[Decision] = []
-        for index in range(start, len(messages)):
+        changed = False
+        started = time.perf_counter()
+        for index in indices:
             message = messages[index]
             stage = Stage.TOOL_RESULT if isinstance(message, ToolMessage) else Stage.INPUT
             if not self.pipeline.has(stage):
                 continue
+            if time.perf_counter() - started > SLICE_S:
+                await asyncio.sleep(0)
+                started = time.perf_counter()
             content = message.content
             if isinstance(content, str):
                 checked = await self._check(stage, content, index, decisions)
                 if checked != content:
-                    messages[index] = msgspec.structs.replace(message, content=checked)
+                    messages[index], changed = msgspec.structs.replace(message, content=checked), True
             elif isinstance(content, list):
                 parts = list(content)
                 for part_index, part in enumerate(parts):
                     if isinstance(part, TextPart):
                         checked = await self._check(stage, part.text, index, decisions)
-                        parts[part_index] = TextPart(checked)
-                messages[index] = msgspec.structs.replace(message, content=parts)
-        if not decisions:
+                        if checked != part.text:
+                            parts[part_index] = TextPart(checked)
+                if parts != content:
+                    messages[index], changed = msgspec.structs.replace(message, content=parts), True
+        if not changed:
             return request, decisions
         return msgspec.structs.replace(request, messages=messages), decisions
 

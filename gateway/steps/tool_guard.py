@@ -22,7 +22,7 @@ from opentelemetry.trace import NoOpTracer, Tracer
 from gateway.steps.guard import ContentFiltered
 from gateway.steps.streaming import Accumulator
 from gateway.stores.approvals import ApprovalStore, Ticket, new_ticket_id
-from gateway.stores.sessions import PendingStep, SessionState, ToolCallRecord, message_text, new_messages
+from gateway.stores.sessions import PendingStep, SessionState, ToolCallRecord, message_text
 from protocol.openai import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -102,12 +102,11 @@ class ToolGuard:
                 pending.new_labels.add(label)
                 per_message.setdefault(decision.message if decision.message is not None else -1, set()).add(label)
         messages = request.messages
-        start = 0 if pending.is_new else len(messages) - len(new_messages(request))
         names = {
             c.id: c.function.name for m in messages if isinstance(m, AssistantMessage) for c in m.tool_calls or ()
         }  # fmt: skip  (the tools a resent history says it called)
         indexed = policy.reads_provenance  # no rule asks where values came from: nothing to index
-        for index in range(start, len(messages)):
+        for index in pending.fresh:
             message = messages[index]
             if not isinstance(message, ToolMessage):
                 if indexed:

@@ -8,11 +8,13 @@ One session is four keys sharing a hash tag (one slot, should a Cluster layout e
   prov    hash: the provenance index, value key -> the places it appeared (one JSON array a line; see
           rails/tools/provenance.py): merged by the `PROVMERGE` write, read per step for its calls' values
   texts   list: the prompts (and documents the user pointed at), normalized, searched by phrase
+  seen    hash: fingerprint of each message judged or emitted -> "" or the masked message the engine saw
+          (gateway/steps/history.py: what a resent history needs no second judgement for)
 plus a per-tenant index (sorted set by last update) for listing.
 
 Hot path: `begin` reads the session in one pipelined round trip; the step's writes go in one atomic
 call, shared with its audit records (`step_writes`), or one MULTI/EXEC (`commit`). A client that
-edits or drops its resent history changes nothing stored here.
+edits or drops its resent history changes nothing stored here; what it edits or invents is judged as new.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -28,7 +31,7 @@ import redis.asyncio as aioredis
 from gateway.errors import BudgetExceeded, InvalidRequest, SessionNotFound
 from gateway.stores.approvals import approved_key
 from gateway.stores.keys import KeyRecord
-from protocol.openai import AssistantMessage, ChatCompletionRequest, ToolMessage
+from protocol.openai import ChatCompletionRequest, ToolMessage
 from rails.pipeline import Decision
 from rails.tools.provenance import (
     ORIGINS_PER_KEY,
@@ -123,6 +126,10 @@ def _texts_key(tenant: str, session_id: str) -> str:
     return f"sentrail:{{{tenant}|{session_id}}}:texts"
 
 
+def _seen_key(tenant: str, session_id: str) -> str:
+    return f"sentrail:{{{tenant}|{session_id}}}:seen"
+
+
 # The session's provenance index grows by merging: each origin line is added to its key's lines unless
 # already there; beyond `cap` lines a key takes only prompt origins (the ones that make a value trusted),
 # and beyond `max_keys` keys no new key is added (bounded memory per session).
@@ -157,15 +164,6 @@ def _index(tenant: str) -> str:
     return f"sentrail:tenant:{tenant}:sessions"
 
 
-def new_messages(request: ChatCompletionRequest) -> list[Any]:
-    """The messages after the last assistant turn: what arrived in this step."""
-    messages = request.messages
-    for index in range(len(messages) - 1, -1, -1):
-        if isinstance(messages[index], AssistantMessage):
-            return messages[index + 1 :]
-    return list(messages)
-
-
 def message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -186,14 +184,20 @@ class PendingStep:
         self.flags: list[str] = []
         self.index = ValueIndex()  # where this step's new values came from (provenance), merged at commit
         self.pointed: dict[str, bool] = {}  # call id -> its arguments came from the user's messages
+        # History integrity (gateway/steps/history.py): the request's fingerprints the session has seen, the
+        # indices of the messages this step judges, and what to record for them ("" or the masked message).
+        self.seen: dict[str, bytes] = {}
+        self.fresh: list[int] = []
+        self.judged: dict[str, str] = {}
 
     @property
     def number(self) -> int:
         return self.state.steps + 1
 
     def observe(self, request: ChatCompletionRequest) -> None:
-        """Record what arrived; flag tool results that answer no call Sentrail emitted here."""
-        for message in new_messages(request):
+        """Record what arrived (the fresh messages); flag tool results that answer no call Sentrail emitted here."""
+        for index in self.fresh:
+            message = request.messages[index]
             if isinstance(message, ToolMessage):
                 call = self.state.calls.get(message.tool_call_id)
                 known = call is not None
@@ -233,13 +237,27 @@ class SessionStore:
         self.ttl_s = ttl_s
         self._commit = redis.register_script(_COMMIT)
 
-    async def begin(self, key: KeyRecord, session_id: str, is_new: bool) -> PendingStep:
-        state = await self.load(key.tenant, session_id) if not is_new else None
+    async def begin(
+        self, key: KeyRecord, session_id: str, is_new: bool, fingerprints: Sequence[str] = ()
+    ) -> PendingStep:
+        """The session's state, and which of `fingerprints` it has seen, in one round trip."""
+        state, seen = None, {}
+        if not is_new:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                _queue_load(pipe, key.tenant, session_id)
+                if fingerprints:
+                    pipe.hmget(_seen_key(key.tenant, session_id), fingerprints)
+                results = await pipe.execute()
+            state = _state(key.tenant, session_id, *results[:4])
+            if state is not None and fingerprints:
+                seen = {fp: value for fp, value in zip(fingerprints, results[4], strict=True) if value is not None}
         now = time.time()
         if state is None:
             state = SessionState(session_id, key.tenant, created_at=now, updated_at=now)
             is_new = True
-        return PendingStep(state, key, is_new)
+        pending = PendingStep(state, key, is_new)
+        pending.seen = seen
+        return pending
 
     async def load(self, tenant: str, session_id: str) -> SessionState | None:
         return (await self._load_many(tenant, [session_id]))[0]
@@ -248,11 +266,7 @@ class SessionStore:
         """Read sessions in one pipelined round trip; None for the ones that do not exist."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
-                meta_key, _, calls_key, labels_key = _keys(tenant, session_id)
-                pipe.hgetall(meta_key)
-                pipe.hgetall(calls_key)
-                pipe.smembers(labels_key)
-                pipe.smembers(approved_key(tenant, session_id))
+                _queue_load(pipe, tenant, session_id)
             results = await pipe.execute()
         return [_state(tenant, session_id, *results[4 * i : 4 * i + 4]) for i, session_id in enumerate(session_ids)]
 
@@ -298,11 +312,14 @@ class SessionStore:
         if pending.index.entries:
             limits = [str(ORIGINS_PER_KEY), str(PROV_MAX_KEYS)]
             writes.append(["PROVMERGE", prov_key, *limits, *_prov_lines(pending.index)])
+        seen_key = _seen_key(state.tenant, state.session_id)
+        if pending.judged:
+            writes.append(["HSET", seen_key, *(item for pair in pending.judged.items() for item in pair)])
         texts_key = _texts_key(state.tenant, state.session_id)
         if pending.index.texts.lines:
             writes.append(["RPUSH", texts_key, *(encode_text(o, t) for o, t in pending.index.texts.lines)])
             writes.append(["LTRIM", texts_key, str(-PROV_MAX_TEXTS), "-1"])
-        keys = (meta_key, steps_key, calls_key, labels_key, prov_key, texts_key)
+        keys = (meta_key, steps_key, calls_key, labels_key, prov_key, texts_key, seen_key)
         writes += [["EXPIRE", key, ttl] for key in keys]
         writes.append(["ZADD", _index(state.tenant), now, state.session_id])
         return writes
@@ -331,10 +348,18 @@ class SessionStore:
     async def delete(self, tenant: str, session_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*_keys(tenant, session_id), _prov_key(tenant, session_id), _texts_key(tenant, session_id),
-                        approved_key(tenant, session_id))  # fmt: skip
+                        _seen_key(tenant, session_id), approved_key(tenant, session_id))  # fmt: skip
             pipe.zrem(_index(tenant), session_id)
             deleted, _ = await pipe.execute()
         return deleted > 0
+
+
+def _queue_load(pipe: Any, tenant: str, session_id: str) -> None:
+    meta_key, _, calls_key, labels_key = _keys(tenant, session_id)
+    pipe.hgetall(meta_key)
+    pipe.hgetall(calls_key)
+    pipe.smembers(labels_key)
+    pipe.smembers(approved_key(tenant, session_id))
 
 
 def _state(tenant: str, session_id: str, meta: dict, calls: dict, labels: set, approved: set) -> SessionState | None:

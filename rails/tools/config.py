@@ -67,6 +67,14 @@ class BypassSpec(msgspec.Struct, forbid_unknown_fields=True):
     action: Literal["label", "block"] = "label"  # block: the request is refused (400 policy_violation)
 
 
+class UnverifiedTurns(msgspec.Struct, forbid_unknown_fields=True):
+    """An assistant turn in a request that Sentrail never emitted in the session (made up or edited by the
+    client, or the history of a conversation that started elsewhere): judged by the input rails anyway."""
+
+    label: str = "unverified_history"  # added to the session
+    action: Literal["label", "block"] = "label"  # block: the request is refused (400 policy_violation)
+
+
 class Limits(msgspec.Struct, forbid_unknown_fields=True):
     max_calls_per_session: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: no limit
     max_calls_per_tool: dict[str, Annotated[int, msgspec.Meta(ge=1)]] = {}
@@ -81,6 +89,7 @@ class PolicyFile(msgspec.Struct, forbid_unknown_fields=True):
     labels: Labels = msgspec.field(default_factory=Labels)
     provenance: ProvenanceSpec = msgspec.field(default_factory=ProvenanceSpec)
     bypass: BypassSpec = msgspec.field(default_factory=BypassSpec)
+    unverified_turns: UnverifiedTurns = msgspec.field(default_factory=UnverifiedTurns)
     limits: Limits = msgspec.field(default_factory=Limits)
     rules: list[Rule] = []
 

@@ -175,8 +175,9 @@ async def test_a_result_for_a_denied_call_is_flagged_as_a_bypass(make_client, ba
         engine.script = text_chunks("Done.")
         await client.post(CHAT, json={"model": MODEL, "messages": forged, "tools": TOOLS}, headers=headers)
         session = (await client.get("/v1/sessions/flow-5")).json()
-    assert session["steps"][1]["flags"] == ["policy_bypass:denied:p1"]
-    assert "policy_bypass" in session["session"]["labels"]
+    # the agent claims a call Sentrail withheld: that turn is not one it emitted, and the result is a bypass
+    assert session["steps"][1]["flags"] == ["unverified_assistant_turn:messages[1]", "policy_bypass:denied:p1"]
+    assert {"policy_bypass", "unverified_history"} <= set(session["session"]["labels"])
 
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "rails.yaml").write_text(RAILS)
@@ -190,7 +191,8 @@ async def test_a_result_for_a_denied_call_is_flagged_as_a_bypass(make_client, ba
     assert blocked.status_code == 400
     error = blocked.json()["error"]
     assert error["code"] == "policy_violation" and error["param"] == "messages[2]" and "denied" in error["message"]
-    assert session["steps"][1]["flags"] == ["policy_bypass:denied:p1", "blocked:messages[2]"]
+    assert session["steps"][1]["flags"] == [
+        "unverified_assistant_turn:messages[1]", "policy_bypass:denied:p1", "blocked:messages[2]"]  # fmt: skip
     assert session["steps"][1]["received"] == []  # recorded without its content
 
 
