@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from engines.models import EMBEDDED_MODEL_ID, default_home
+from protocol.openai import DEFAULT_LIMITS, RequestLimits
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 
@@ -70,6 +71,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     audit_jsonl: str = ""  # also append every audit record to this JSONL file
     audit_content: bool = False  # audit records carry the (masked) message text
     trace_content: bool = False  # engine spans carry the (masked) messages in and out
+    request_limits: RequestLimits = DEFAULT_LIMITS  # messages, content parts, tools, schema nesting per request
 
     @property
     def home_path(self) -> Path:

@@ -168,6 +168,32 @@ class StreamOptions(Struct, omit_defaults=True):
 # ---- the request ---------------------------------------------------------------------------------
 
 
+class RequestLimits(Struct, frozen=True, forbid_unknown_fields=True):
+    """What one request may hold (each message and part costs rails and engine time); a request over a
+    limit is refused with a 400 naming it. Settings: `request_limits`."""
+
+    max_messages: Annotated[int, Meta(ge=1)] = 2048
+    max_content_parts: Annotated[int, Meta(ge=1)] = 4096  # text and image parts, over all messages
+    max_tools: Annotated[int, Meta(ge=0)] = 128  # OpenAI's own limit
+    max_depth: Annotated[int, Meta(ge=2, le=200)] = 32  # nesting of a tool's parameters or a response schema
+
+
+DEFAULT_LIMITS = RequestLimits()
+
+
+def depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests maps and lists, counted up to `limit + 1` (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 class ChatCompletionRequest(Struct, omit_defaults=True):
     """`POST /v1/chat/completions`. Unknown fields are ignored and never forwarded to an engine."""
 
@@ -191,8 +217,9 @@ class ChatCompletionRequest(Struct, omit_defaults=True):
     user: str | None = None
     metadata: dict[str, str] | None = None
 
-    def validate(self) -> None:
-        """Rules that span fields; raises `RequestFieldError` naming the param."""
+    def validate(self, limits: RequestLimits = DEFAULT_LIMITS) -> None:
+        """Rules that span fields, and the request limits; raises `RequestFieldError` naming the param."""
+        self._within(limits)
         if self.n is not None and self.n != 1:
             raise RequestFieldError("Only n=1 is supported.", "n")
         if self.stream_options is not None and not self.stream:
@@ -204,6 +231,25 @@ class ChatCompletionRequest(Struct, omit_defaults=True):
             raise RequestFieldError(
                 f"tool_choice names function {choice.function.name!r}, which is not in tools.", "tool_choice"
             )
+
+    def _within(self, limits: RequestLimits) -> None:
+        if len(self.messages) > limits.max_messages:
+            raise RequestFieldError(f"Too many messages: {len(self.messages)} > max_messages={limits.max_messages}.",
+                                    "messages")  # fmt: skip
+        parts = sum(len(m.content) for m in self.messages if isinstance(getattr(m, "content", None), list))
+        if parts > limits.max_content_parts:
+            raise RequestFieldError(
+                f"Too many content parts: {parts} > max_content_parts={limits.max_content_parts}.", "messages"
+            )
+        tools = self.tools or []
+        if len(tools) > limits.max_tools:
+            raise RequestFieldError(f"Too many tools: {len(tools)} > max_tools={limits.max_tools}.", "tools")
+        schemas = [(f"tools[{i}].function.parameters", t.function.parameters) for i, t in enumerate(tools)]
+        if isinstance(self.response_format, JsonSchemaFormat):
+            schemas.append(("response_format.json_schema.schema", self.response_format.json_schema.schema))
+        for param, schema in schemas:
+            if schema is not None and depth(schema, limits.max_depth) > limits.max_depth:
+                raise RequestFieldError(f"{param} nests deeper than max_depth={limits.max_depth}.", param)
 
     def tool_names(self) -> set[str]:
         return {t.function.name for t in self.tools or ()}

@@ -26,6 +26,9 @@ from opentelemetry.trace import NoOpTracer, Tracer
 from .base import Action, Rail, Stage, Verdict
 
 
+OFF_LOOP_CHARS = 16_384  # a local rail checks a longer text in a worker thread
+
+
 class Decision(msgspec.Struct, frozen=True):
     """One rail's verdict on one piece of content, as recorded and returned to clients."""
 
@@ -169,11 +172,17 @@ def _in_order(result: StageResult, rails: Sequence[Configured]) -> StageResult:
 
 
 async def _verdict(configured: Configured, content: str) -> Verdict:
-    """The rail's verdict; a rail that raises or runs out of time blocks (fail closed)."""
+    """The rail's verdict; a rail that raises or runs out of time blocks (fail closed). A local rail (CPU
+    work on the text) runs inline, or in a worker thread on a text longer than `OFF_LOOP_CHARS`, so that
+    the event loop keeps serving other clients meanwhile."""
     rail = configured.rail
     try:
         checking = rail.check(content)
-        return await (checking if configured.local else asyncio.wait_for(checking, configured.timeout_s))
+        if not configured.local:
+            return await asyncio.wait_for(checking, configured.timeout_s)
+        if len(content) > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(asyncio.run, checking)
+        return await checking
     except Exception as exc:
         return Verdict.block(f"rail {rail.name} failed: {type(exc).__name__}")
 

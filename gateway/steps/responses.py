@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from gateway.errors import GatewayError, InvalidRequest, describe
 from gateway.steps.streaming import Accumulator
 from protocol.openai import (
+    DEFAULT_LIMITS,
     AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -31,6 +32,7 @@ from protocol.openai import (
     NamedFunction,
     NamedToolChoice,
     PositiveInt,
+    RequestLimits,
     SystemMessage,
     TextFormat,
     Tool,
@@ -159,7 +161,9 @@ def _message(item: dict[str, Any], index: int) -> Message:
         raise InvalidRequest(f"Invalid message item: {exc}", f"input[{index}]") from None
 
 
-def to_chat(request: ResponsesRequest, history: list[Message]) -> ChatCompletionRequest:
+def to_chat(
+    request: ResponsesRequest, history: list[Message], limits: RequestLimits = DEFAULT_LIMITS
+) -> ChatCompletionRequest:
     messages: list[Message] = [SystemMessage(request.instructions)] if request.instructions else []
     messages += history + input_messages(request.input)
     if not messages:
@@ -175,7 +179,7 @@ def to_chat(request: ResponsesRequest, history: list[Message]) -> ChatCompletion
         response_format=_format(request.text), stream=request.stream,
     )  # fmt: skip
     try:
-        msgspec.json.decode(_encoder.encode(chat), type=ChatCompletionRequest).validate()
+        msgspec.json.decode(_encoder.encode(chat), type=ChatCompletionRequest).validate(limits)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"Invalid request: {exc}") from None
     except ValueError as exc:

@@ -15,18 +15,25 @@ from gateway.errors import ClientDisconnected, InvalidJSON, InvalidRequest
 from gateway.http.routes.deps import authenticate
 from gateway.steps.chat import StepContext
 from gateway.stores.sessions import resolve_session_id
-from protocol.openai import ChatCompletionRequest, RequestFieldError, validation_message, validation_param
+from protocol.openai import (
+    DEFAULT_LIMITS,
+    ChatCompletionRequest,
+    RequestFieldError,
+    RequestLimits,
+    validation_message,
+    validation_param,
+)
 
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def decode_chat_request(body: bytes) -> ChatCompletionRequest:
+def decode_chat_request(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ChatCompletionRequest:
     """Bytes -> a validated chat request, or an `InvalidJSON` / `InvalidRequest` naming the param."""
     request = decode_body(body, ChatCompletionRequest)
     try:
-        request.validate()
+        request.validate(limits)
     except RequestFieldError as exc:
         raise InvalidRequest(str(exc), exc.param) from None
     return request
@@ -46,12 +53,14 @@ def decode_body(body: bytes, kind: type[T]) -> T:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}") from None
     except UnicodeDecodeError:
         raise InvalidJSON("The request body is not valid UTF-8.") from None
+    except RecursionError:
+        raise InvalidRequest("The request body nests too deeply.") from None
 
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request) -> Response[bytes] | Stream:
     key = await authenticate(request)
-    chat_request = decode_chat_request(await request.body())
+    chat_request = decode_chat_request(await request.body(), request.app.state.settings.request_limits)
     session_id, is_new = resolve_session_id(request.headers.get("x-session-id"), chat_request)
     ctx = StepContext(request.scope["sentrail_request_id"], key, session_id, is_new)  # type: ignore[typeddict-item]
     service = request.app.state.chat

@@ -24,7 +24,7 @@ async def create_response(request: Request) -> Response[Any] | Stream:
     if body.previous_response_id:
         stored = await state.responses.get(key.tenant, body.previous_response_id, "previous_response_id")
         history, previous_session = stored.messages, stored.session_id
-    chat = to_chat(body, history)
+    chat = to_chat(body, history, state.settings.request_limits)
     header = request.headers.get("x-session-id") or (body.metadata or {}).get("session_id") or previous_session
     session_id, is_new = resolve_session_id(header)
     ctx = StepContext(request.scope["sentrail_request_id"], key, session_id, is_new)  # type: ignore[typeddict-item]
