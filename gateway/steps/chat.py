@@ -218,7 +218,7 @@ class ChatService:
         ctx.mark("admitted")
         decisions: list[Decision] = []
         try:  # before the engine and the session record see the messages
-            request = history.resolve(pending.seen, pending.state.calls)  # seen ones as the engine saw them
+            request = history.resolve(pending.seen, pending.masked, pending.state.calls)  # as the engine saw them
             pending.fresh = history.fresh
             self._unverified(history, pending)
             if self.guard is not None:
@@ -292,7 +292,7 @@ class ChatService:
             timings=_commit_marks(run.ctx),
         )
         if text := "".join(accumulator.content).strip():  # a resent turn holding it needs no second judgement
-            pending.judged[text_key(text)] = ""
+            pending.judged[0][text_key(text)] = ""
         emitted = {c.id: ToolCallRecord(c.function.name, c.function.arguments, number,
                                         pointed=pending.pointed.get(c.id, False)) for c in calls}  # fmt: skip
         for decision in run.judge.decisions if run.judge is not None else ():

@@ -14,8 +14,11 @@ session's `calls`. A request's messages are then:
   unverified  an assistant turn Sentrail never emitted here: judged like input, flagged and labelled
               (`unverified_turns` in tools.yaml: label, or block), recorded so it is flagged once
 
-The cost of a step is the new text's rails plus a fingerprint (SHA-256) per message and one HMGET in the
-round trip that loads the session: already judged history is never re-checked.
+The cost of a step is the new text's rails, a fingerprint (SHA-256) per message, and reads in the round
+trip that loads the session: the chain head of the messages before the last assistant turn (a client
+that resent the previous request unchanged needs nothing more for them), the fingerprints after it, and
+the session's masked messages. Only a history that was edited costs a second read, of every fingerprint.
+Already judged history is never re-checked.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from gateway.stores.sessions import ToolCallRecord
+from gateway.stores.sessions import Lookups, ToolCallRecord
 from protocol.openai import AssistantMessage, ChatCompletionRequest, Message, ToolCall
 from rails.tools.decide import canonical_arguments
 
@@ -61,6 +64,9 @@ class History:
 
     request: ChatCompletionRequest
     keys: list[str] = field(default_factory=list)  # per message: its fingerprint
+    split: int = 0  # the last assistant turn's index (0: none): the previous request ended before it
+    prefix: str | None = None  # the fingerprint of the messages before `split` (the previous request's)
+    head: str = ""  # the fingerprint of all the messages (recorded: the next request's prefix)
     texts: dict[int, str] = field(default_factory=dict)  # assistant message index -> its text's key
     fresh: list[int] = field(default_factory=list)  # judged and recorded in this step, in order
     unverified: list[int] = field(default_factory=list)  # assistant turns Sentrail never emitted here
@@ -68,22 +74,35 @@ class History:
     @classmethod
     def of(cls, request: ChatCompletionRequest) -> History:
         history = cls(request, [message_key(m) for m in request.messages])
-        for index, message in enumerate(request.messages):
+        messages = request.messages
+        history.split = max((i for i, m in enumerate(messages) if isinstance(m, AssistantMessage)), default=0)
+        running = hashlib.sha256()
+        for index, message in enumerate(messages):
+            running.update(history.keys[index].encode())
+            if index == history.split - 1:
+                history.prefix = "c:" + running.hexdigest()[:32]
             if isinstance(message, AssistantMessage) and (text := assistant_text(message).strip()):
                 history.texts[index] = text_key(text)
+        history.head = "c:" + running.hexdigest()[:32]
         return history
 
-    def lookups(self) -> list[str]:
-        """The fingerprints to read from the session (one HMGET)."""
-        return list(dict.fromkeys([*self.keys, *self.texts.values()]))
+    def lookups(self) -> Lookups:
+        split = self.split
+        near = [*self.keys[split:], *(key for index, key in self.texts.items() if index >= split)]
+        far = [*self.keys[:split], *(key for index, key in self.texts.items() if index < split)]
+        return Lookups(self.prefix, list(dict.fromkeys(near)), list(dict.fromkeys(far)))
 
-    def resolve(self, seen: dict[str, bytes], calls: dict[str, ToolCallRecord]) -> ChatCompletionRequest:
-        """Sort the messages given the session's stored fingerprints (`seen`: key -> masked message or
-        b"") and its emitted calls; return the request with every seen message as the engine saw it."""
+    def resolve(
+        self, seen: set[str], masked: dict[str, bytes], calls: dict[str, ToolCallRecord]
+    ) -> ChatCompletionRequest:
+        """Sort the messages given the session's stored fingerprints (`seen`, with the chain heads),
+        the masked messages the engine saw (`masked`) and the session's emitted calls; return the request
+        with every seen message as the engine saw it."""
         messages = list(self.request.messages)
+        known = self.split if self.prefix in seen else 0
         for index, message in enumerate(messages):
-            stored = seen.get(self.keys[index])
-            if stored is not None:
+            if index < known or self.keys[index] in seen:
+                stored = masked.get(self.keys[index])
                 if stored:
                     try:
                         messages[index] = _decoder.decode(stored)
@@ -98,23 +117,25 @@ class History:
         self.request = msgspec.structs.replace(self.request, messages=messages)
         return self.request
 
-    def _emitted(
-        self, index: int, message: AssistantMessage, seen: dict[str, bytes], calls: dict[str, ToolCallRecord]
-    ) -> bool:
+    def _emitted(self, index: int, message: AssistantMessage, seen: set[str], calls: dict[str, ToolCallRecord]) -> bool:
         if index in self.texts and self.texts[index] not in seen:
             return False
         return all(_emitted_call(call, calls.get(call.id)) for call in message.tool_calls or ())
 
-    def records(self, judged: ChatCompletionRequest) -> dict[str, str]:
-        """What to store for the fresh messages once they passed: fingerprint -> "" (released as sent)
-        or the masked message (`judged` holds the messages as the rails released them)."""
-        out = {}
+    def records(self, judged: ChatCompletionRequest) -> tuple[dict[str, str], dict[str, str]]:
+        """What to store once the fresh messages passed: the fingerprints seen (theirs and the request's
+        chain head) and the masked ones -> the message as the rails released it (`judged`)."""
+        seen = {self.keys[index]: "" for index in self.fresh}
+        seen[self.head] = ""
+        masked = {}
         for index in self.fresh:
             original, released = self.request.messages[index], judged.messages[index]
-            replacement = "" if released == original else _encoder.encode(released).decode()
-            if len(replacement) <= MAX_REPLACEMENT_BYTES:
-                out[self.keys[index]] = replacement
-        return out
+            if released != original and len(replacement := _encoder.encode(released)) <= MAX_REPLACEMENT_BYTES:
+                masked[self.keys[index]] = replacement.decode()
+            elif released != original:  # too large to keep masked: judged again when resent
+                del seen[self.keys[index]]
+                seen.pop(self.head, None)
+        return seen, masked
 
 
 def _emitted_call(call: ToolCall, record: ToolCallRecord | None) -> bool:

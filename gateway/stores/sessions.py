@@ -8,8 +8,9 @@ One session is four keys sharing a hash tag (one slot, should a Cluster layout e
   prov    hash: the provenance index, value key -> the places it appeared (one JSON array a line; see
           rails/tools/provenance.py): merged by the `PROVMERGE` write, read per step for its calls' values
   texts   list: the prompts (and documents the user pointed at), normalized, searched by phrase
-  seen    hash: fingerprint of each message judged or emitted -> "" or the masked message the engine saw
-          (gateway/steps/history.py: what a resent history needs no second judgement for)
+  seen    hash: fingerprints of each message judged, each assistant text emitted, each judged request's
+          chain head -> "" (gateway/steps/history.py: what a resent history needs no second judgement for)
+  masked  hash: fingerprint of a message a rail masked -> the message as the engine saw it
 plus a per-tenant index (sorted set by last update) for listing.
 
 Hot path: `begin` reads the session in one pipelined round trip; the step's writes go in one atomic
@@ -22,7 +23,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -47,6 +48,18 @@ from rails.tools.provenance import (
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """What a step reads of the session's seen fingerprints, in the round trip that loads the session:
+    `prefix` (the chain head of the messages before the last assistant turn: a client that resent the
+    previous request as it was needs nothing more for them), `near` (the fingerprints from there on), and
+    `far` (those before it: read in a second round trip only when the prefix is not found)."""
+
+    prefix: str | None
+    near: list[str]
+    far: list[str]
 
 
 class ToolCallRecord(msgspec.Struct, omit_defaults=True):
@@ -130,6 +143,10 @@ def _seen_key(tenant: str, session_id: str) -> str:
     return f"sentrail:{{{tenant}|{session_id}}}:seen"
 
 
+def _masked_key(tenant: str, session_id: str) -> str:
+    return f"sentrail:{{{tenant}|{session_id}}}:masked"
+
+
 # The session's provenance index grows by merging: each origin line is added to its key's lines unless
 # already there; beyond `cap` lines a key takes only prompt origins (the ones that make a value trusted),
 # and beyond `max_keys` keys no new key is added (bounded memory per session).
@@ -186,9 +203,10 @@ class PendingStep:
         self.pointed: dict[str, bool] = {}  # call id -> its arguments came from the user's messages
         # History integrity (gateway/steps/history.py): the request's fingerprints the session has seen, the
         # indices of the messages this step judges, and what to record for them ("" or the masked message).
-        self.seen: dict[str, bytes] = {}
+        self.seen: set[str] = set()
+        self.masked: dict[str, bytes] = {}
         self.fresh: list[int] = []
-        self.judged: dict[str, str] = {}
+        self.judged: tuple[dict[str, str], dict[str, str]] = ({}, {})  # (seen, masked) to record
 
     @property
     def number(self) -> int:
@@ -237,26 +255,32 @@ class SessionStore:
         self.ttl_s = ttl_s
         self._commit = redis.register_script(_COMMIT)
 
-    async def begin(
-        self, key: KeyRecord, session_id: str, is_new: bool, fingerprints: Sequence[str] = ()
-    ) -> PendingStep:
-        """The session's state, and which of `fingerprints` it has seen, in one round trip."""
-        state, seen = None, {}
+    async def begin(self, key: KeyRecord, session_id: str, is_new: bool, lookups: Lookups | None = None) -> PendingStep:
+        """The session's state, and which of the request's fingerprints it has seen (`lookups`), in one
+        round trip; a second one only when the history's prefix is not the one the session judged."""
+        state, seen, masked = None, set(), {}
         if not is_new:
+            tenant = key.tenant
             async with self.redis.pipeline(transaction=False) as pipe:
-                _queue_load(pipe, key.tenant, session_id)
-                if fingerprints:
-                    pipe.hmget(_seen_key(key.tenant, session_id), fingerprints)
+                _queue_load(pipe, tenant, session_id)
+                if lookups is not None:
+                    asked = ([lookups.prefix] if lookups.prefix else []) + lookups.near
+                    pipe.hmget(_seen_key(tenant, session_id), asked or ["-"])
+                    pipe.hgetall(_masked_key(tenant, session_id))
                 results = await pipe.execute()
-            state = _state(key.tenant, session_id, *results[:4])
-            if state is not None and fingerprints:
-                seen = {fp: value for fp, value in zip(fingerprints, results[4], strict=True) if value is not None}
+            state = _state(tenant, session_id, *results[:4])
+            if state is not None and lookups is not None:
+                seen = {k for k, found in zip(asked, results[4], strict=False) if found is not None}
+                masked = {k.decode(): v for k, v in results[5].items()}
+                if lookups.far and lookups.prefix not in seen:  # an edited or new history: every fingerprint
+                    found = await self.redis.hmget(_seen_key(tenant, session_id), lookups.far)
+                    seen |= {k for k, value in zip(lookups.far, found, strict=True) if value is not None}
         now = time.time()
         if state is None:
             state = SessionState(session_id, key.tenant, created_at=now, updated_at=now)
             is_new = True
         pending = PendingStep(state, key, is_new)
-        pending.seen = seen
+        pending.seen, pending.masked = seen, masked
         return pending
 
     async def load(self, tenant: str, session_id: str) -> SessionState | None:
@@ -312,14 +336,15 @@ class SessionStore:
         if pending.index.entries:
             limits = [str(ORIGINS_PER_KEY), str(PROV_MAX_KEYS)]
             writes.append(["PROVMERGE", prov_key, *limits, *_prov_lines(pending.index)])
-        seen_key = _seen_key(state.tenant, state.session_id)
-        if pending.judged:
-            writes.append(["HSET", seen_key, *(item for pair in pending.judged.items() for item in pair)])
+        seen_key, masked_key = _seen_key(state.tenant, state.session_id), _masked_key(state.tenant, state.session_id)
+        for hash_key, values in zip((seen_key, masked_key), pending.judged, strict=True):
+            if values:
+                writes.append(["HSET", hash_key, *(item for pair in values.items() for item in pair)])
         texts_key = _texts_key(state.tenant, state.session_id)
         if pending.index.texts.lines:
             writes.append(["RPUSH", texts_key, *(encode_text(o, t) for o, t in pending.index.texts.lines)])
             writes.append(["LTRIM", texts_key, str(-PROV_MAX_TEXTS), "-1"])
-        keys = (meta_key, steps_key, calls_key, labels_key, prov_key, texts_key, seen_key)
+        keys = (meta_key, steps_key, calls_key, labels_key, prov_key, texts_key, seen_key, masked_key)
         writes += [["EXPIRE", key, ttl] for key in keys]
         writes.append(["ZADD", _index(state.tenant), now, state.session_id])
         return writes
@@ -348,7 +373,8 @@ class SessionStore:
     async def delete(self, tenant: str, session_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*_keys(tenant, session_id), _prov_key(tenant, session_id), _texts_key(tenant, session_id),
-                        _seen_key(tenant, session_id), approved_key(tenant, session_id))  # fmt: skip
+                        _seen_key(tenant, session_id), _masked_key(tenant, session_id),
+                        approved_key(tenant, session_id))  # fmt: skip
             pipe.zrem(_index(tenant), session_id)
             deleted, _ = await pipe.execute()
         return deleted > 0
