@@ -28,7 +28,7 @@ from gateway.observability import bind_step, chat_span_attributes
 from gateway.steps.guard import ContentFiltered, Guard, filter_output
 from gateway.steps.history import History, text_key
 from gateway.steps.streaming import DONE, Accumulator, prepend, sse_event
-from gateway.steps.tool_guard import Judge, PolicyViolation, ToolGuard, judge_tool_calls
+from gateway.steps.tool_guard import Judge, ToolGuard, judge_tool_calls
 from gateway.stores.approvals import ApprovalStore, Ticket
 from gateway.stores.audit import AuditLog, step_events
 from gateway.stores.keys import KeyRecord
@@ -220,7 +220,7 @@ class ChatService:
         try:  # before the engine and the session record see the messages
             request = history.resolve(pending.seen, pending.masked, pending.state.calls)  # as the engine saw them
             pending.fresh = history.fresh
-            self._unverified(history, pending)
+            history.flag(pending, self.tools.policy.file.unverified_turns if self.tools else UnverifiedTurns())
             if self.guard is not None:
                 request, decisions = await self.guard.inbound(request, history.fresh)
             pending.observe(request)
@@ -246,24 +246,6 @@ class ChatService:
             asked = request.max_completion_tokens or request.max_tokens or tokens_left
             request = msgspec.structs.replace(request, max_completion_tokens=min(asked, tokens_left), max_tokens=None)
         return StepRun(request, ctx, pending, Accumulator(), api, decisions, judge, delivered)
-
-    def _unverified(self, history: History, pending: PendingStep) -> None:
-        """Assistant turns the client sent that Sentrail never emitted in this session: flagged, labelled
-        (`unverified_turns` in the tool policy), or refused when the policy says block."""
-        if not history.unverified:
-            return
-        spec = self.tools.policy.file.unverified_turns if self.tools is not None else UnverifiedTurns()
-        for index in history.unverified:
-            pending.flags.append(f"unverified_assistant_turn:messages[{index}]")
-        pending.new_labels.add(spec.label)
-        log.warning("unverified_assistant_turns", count=len(history.unverified), new_session=pending.is_new)
-        if spec.action == "block":
-            first = history.unverified[0]
-            raise PolicyViolation(
-                "The request holds an assistant turn this session never produced; send the conversation as "
-                "Sentrail returned it, under its session id.",
-                f"messages[{first}]",
-            )
 
     async def _commit(self, run: StepRun) -> None:
         accumulator, pending = run.accumulator, run.pending

@@ -27,10 +27,15 @@ import hashlib
 from dataclasses import dataclass, field
 
 import msgspec
+import structlog
 
-from gateway.stores.sessions import Lookups, ToolCallRecord
+from gateway.steps.tool_guard import PolicyViolation
+from gateway.stores.sessions import Lookups, PendingStep, ToolCallRecord
 from protocol.openai import AssistantMessage, ChatCompletionRequest, Message, ToolCall
+from rails.tools.config import UnverifiedTurns
 from rails.tools.decide import canonical_arguments
+
+log = structlog.get_logger("sentrail.history")
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Message)
@@ -121,6 +126,22 @@ class History:
         if index in self.texts and self.texts[index] not in seen:
             return False
         return all(_emitted_call(call, calls.get(call.id)) for call in message.tool_calls or ())
+
+    def flag(self, pending: PendingStep, spec: UnverifiedTurns) -> None:
+        """Assistant turns the client sent that Sentrail never emitted in this session: flagged, labelled
+        (`unverified_turns` in the tool policy), or refused when the policy says block."""
+        if not self.unverified:
+            return
+        pending.flags += [f"unverified_assistant_turn:messages[{index}]" for index in self.unverified]
+        pending.new_labels.add(spec.label)
+        report = log.info if pending.is_new else log.warning  # expected of a new session's history; not later
+        report("unverified_assistant_turns", count=len(self.unverified), new_session=pending.is_new)
+        if spec.action == "block":
+            raise PolicyViolation(
+                "The request holds an assistant turn this session never produced; send the conversation as "
+                "Sentrail returned it, under its session id.",
+                f"messages[{self.unverified[0]}]",
+            )
 
     def records(self, judged: ChatCompletionRequest) -> tuple[dict[str, str], dict[str, str]]:
         """What to store once the fresh messages passed: the fingerprints seen (theirs and the request's
