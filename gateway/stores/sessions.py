@@ -347,6 +347,8 @@ class SessionStore:
         keys = (meta_key, steps_key, calls_key, labels_key, prov_key, texts_key, seen_key, masked_key)
         writes += [["EXPIRE", key, ttl] for key in keys]
         writes.append(["ZADD", _index(state.tenant), now, state.session_id])
+        stale = repr(step.at - self.ttl_s)  # idle longer than the TTL: its keys have expired, drop it from the index
+        writes.append(["ZREMRANGEBYSCORE", _index(state.tenant), "-inf", f"({stale}"])
         return writes
 
     async def steps(self, tenant: str, session_id: str) -> list[dict[str, Any]]:
