@@ -68,7 +68,10 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     session_ttl_s: Annotated[int, Meta(ge=60)] = 7 * 24 * 3600  # idle sessions expire after this
     key_cache_s: Annotated[float, Meta(ge=0)] = 5.0  # how long a looked-up API key is trusted in-process
     drain_s: Annotated[float, Meta(ge=0)] = 30.0  # on SIGTERM: how long open requests and streams may finish
-    audit_jsonl: str = ""  # also append every audit record to this JSONL file
+    audit_jsonl: str = ""  # also append every audit record to this JSONL file (an off-box copy: `verify --against`)
+    audit_key_file: str = ""  # seals the audit log (HMAC-SHA256); keep it off the Redis host. Empty: --dev makes one
+    audit_keyring: str = ""  # a key file or folder of older audit keys, for verifying records they sealed
+    audit_retention_records: Annotated[int, Meta(ge=0)] = 0  # `audit trim` keeps this many per chain (0: say --keep)
     audit_content: bool = False  # audit records carry the (masked) message text
     trace_content: bool = False  # engine spans carry the (masked) messages in and out
     request_limits: RequestLimits = DEFAULT_LIMITS  # messages, content parts, tools, schema nesting per request
@@ -99,6 +102,9 @@ ENV_VARS = {
     "SENTRAIL_REDIS_FSYNC": "redis_fsync",
     "SENTRAIL_DEV_MODE": "dev_mode",
     "SENTRAIL_SESSION_TTL_S": "session_ttl_s",
+    "SENTRAIL_AUDIT_JSONL": "audit_jsonl",
+    "SENTRAIL_AUDIT_KEY_FILE": "audit_key_file",
+    "SENTRAIL_AUDIT_KEYRING": "audit_keyring",
 }
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}

@@ -107,7 +107,7 @@ def create_app(
     guard = load_guard(settings, tracer, partial(model_endpoint, pool))
     tools = load_tool_guard(settings, tracer)
     approvals = ApprovalStore(redis)
-    audit = AuditLog(redis, Path(settings.audit_jsonl) if settings.audit_jsonl else None)
+    audit = AuditLog.from_settings(redis, settings)  # the audit key: audit_key_file, or --dev's own
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
