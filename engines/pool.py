@@ -4,9 +4,15 @@ fast `Overloaded` beyond it (never an unbounded queue).
 Routing: a session's steps go to the same healthy replica while it has room (rendezvous hashing on
 the session id, so the engine's prefix cache holds the session's history); otherwise, and for
 requests without a session, to the least-loaded healthy replica. Health: active checks (`readiness`)
-plus passive tracking: `FAILURES_TO_OPEN` consecutive failures take a replica out (circuit open)
-until a health check passes. Managed engines whose process died are restarted with exponential
-backoff (`supervise`).
+plus passive tracking (a circuit breaker): `FAILURES_TO_OPEN` consecutive failures take a replica
+out (circuit open) until a health check passes. Failures count per incident, not per request: the
+requests that were already admitted when a failure was counted share that failure (one stall that
+times out thirty concurrent requests is one failure, not thirty), so only failures of requests
+admitted after the previous one add up. Request failures never open the circuit of a model's last
+healthy replica: taking it out would fail every request until the next check, healthy or not; it
+keeps serving, each request succeeds or fails on its own (bounded by its read timeout and admission
+control), and the active check, which still takes it out when it fails, decides. Managed engines
+whose process died are restarted with exponential backoff (`supervise`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import structlog
@@ -27,6 +34,9 @@ log = structlog.get_logger("sentrail.pool")
 Names = frozenset[str] | set[str]  # engine names
 FAILURES_TO_OPEN = 3
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# The request's own admission number per replica, in its context: the tasks it starts after taking a
+# slot (the one that sends a stream, for one) report failures for it. Never mutated: replaced.
+_LEASES: ContextVar[Mapping[Replica, int] | None] = ContextVar("sentrail_engine_leases", default=None)
 
 
 @dataclass(eq=False)
@@ -36,8 +46,11 @@ class Replica:
     weight: float = 1.0  # the share of requests it takes relative to its model's other replicas
     inflight: int = 0
     healthy: bool = True
-    failures: int = 0  # consecutive; FAILURES_TO_OPEN opens the circuit
-    errors: int = 0
+    failures: int = 0  # consecutive failure incidents; FAILURES_TO_OPEN opens the circuit
+    errors: int = 0  # failed requests
+    admitted: int = 0  # requests admitted so far: each admission's sequence number
+    fence: int = 0  # `admitted` when the last failure was counted: admissions up to it share that failure
+    leases: set[int] = field(default_factory=set)  # admission numbers of the requests in flight
     restarts: int = 0
     restarting: asyncio.Task | None = None
 
@@ -123,13 +136,24 @@ class EnginePool:
             replica.restarting = None
 
     def failed(self, engine: Engine) -> None:
-        """Passive health: an engine failed a request (unreachable, crashed, broke off a stream)."""
-        replica = self._replica(engine)
+        """Passive health: an engine failed a request (unreachable, crashed, broke off a stream). Called
+        by the request that holds the slot (see the module's docstring for what counts)."""
+        model, replica = self._find(engine)
         replica.errors += 1
+        lease = _lease(replica)
+        if lease is not None and lease <= replica.fence:
+            return  # admitted before the last counted failure: the same incident
         replica.failures += 1
-        if replica.failures >= FAILURES_TO_OPEN and replica.healthy:
-            replica.healthy = False
-            log.warning("engine_circuit_open", engine=engine.name, failures=replica.failures)
+        replica.fence = replica.admitted
+        if replica.failures < FAILURES_TO_OPEN or not replica.healthy:
+            return
+        if not any(r.healthy for r in model.replicas if r is not replica):
+            if replica.failures == FAILURES_TO_OPEN:
+                log.warning("engine_circuit_held", engine=engine.name, failures=replica.failures,
+                            reason="last healthy engine of its model")  # fmt: skip
+            return
+        replica.healthy = False
+        log.warning("engine_circuit_open", engine=engine.name, failures=replica.failures)
 
     def succeeded(self, engine: Engine) -> None:
         self._replica(engine).failures = 0
@@ -139,7 +163,10 @@ class EnginePool:
         return _serving(self._models[model_id], tried)
 
     def _replica(self, engine: Engine) -> Replica:
-        return next(r for m in self._models.values() for r in m.replicas if r.engine is engine)
+        return self._find(engine)[1]
+
+    def _find(self, engine: Engine) -> tuple[_Model, Replica]:
+        return next((m, r) for m in self._models.values() for r in m.replicas if r.engine is engine)
 
     @contextlib.asynccontextmanager
     async def acquire(
@@ -149,9 +176,14 @@ class EnginePool:
         and has room, else on the least-loaded healthy replica; never on engines named in `exclude`."""
         model = self._models[model_id]
         replica = await self._admit(model, model_id, affinity, exclude)
+        replica.admitted += 1
+        lease = replica.admitted
+        replica.leases.add(lease)
+        _LEASES.set({**(_LEASES.get() or {}), replica: lease})
         try:
             yield replica.engine
         finally:
+            replica.leases.discard(lease)
             replica.inflight -= 1
             await self._notify(model)
 
@@ -210,6 +242,12 @@ class EnginePool:
     def replicas(self) -> dict[str, Replica]:
         """Engine name -> its replica state (in flight, health, errors, restarts), for metrics."""
         return {r.engine.name: r for m in self._models.values() for r in m.replicas}
+
+
+def _lease(replica: Replica) -> int | None:
+    """The admission number of the slot this request holds on the replica; None outside one."""
+    lease = (_LEASES.get() or {}).get(replica)
+    return lease if lease in replica.leases else None
 
 
 def _serving(model: _Model, exclude: Names) -> bool:

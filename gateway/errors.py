@@ -11,9 +11,12 @@ import asyncio
 from typing import Any, NamedTuple
 
 import msgspec
+import structlog
 from redis.exceptions import RedisError
 
 from protocol.openai import ErrorBody, ErrorDetail, SentrailError
+
+log = structlog.get_logger("sentrail.errors")
 
 
 class ErrorKind(NamedTuple):
@@ -29,8 +32,10 @@ ERRORS: dict[str, ErrorKind] = {
     "not_found": ErrorKind(404, "invalid_request_error"),
     "model_not_found": ErrorKind(404, "invalid_request_error"),
     "method_not_allowed": ErrorKind(405, "invalid_request_error"),
+    "request_timeout": ErrorKind(408, "invalid_request_error"),
     "request_too_large": ErrorKind(413, "invalid_request_error"),
     "unsupported_media_type": ErrorKind(415, "invalid_request_error"),
+    "request_headers_too_large": ErrorKind(431, "invalid_request_error"),
     "overloaded": ErrorKind(429, "rate_limit_error"),
     "client_disconnected": ErrorKind(499, "invalid_request_error"),
     "internal_error": ErrorKind(500, "server_error"),
@@ -67,6 +72,16 @@ class InvalidRequest(GatewayError):
 
 class InvalidJSON(GatewayError):
     error_type = "invalid_json"
+
+
+class RequestTimeout(GatewayError):
+    """The request's headers or body did not arrive in time (a stalled or trickling client)."""
+
+    error_type = "request_timeout"
+
+
+class UnsupportedMediaType(GatewayError):
+    error_type = "unsupported_media_type"
 
 
 class ClientDisconnected(GatewayError):
@@ -125,8 +140,20 @@ def describe(exc: BaseException) -> tuple[str, str, str | None]:
     if isinstance(exc, SentrailError) and exc.error_type in ERRORS:
         return exc.error_type, str(exc), exc.param
     if isinstance(exc, RedisError):  # fail closed: no session state, no step
+        _log_store_failure(exc)
         return "store_unavailable", "The session store is unavailable; retry shortly.", None
     return "internal_error", "The server had an error while processing your request.", None
+
+
+def _log_store_failure(exc: RedisError) -> None:
+    """The cause of a `store_unavailable`, logged once per failure however many renderers describe it
+    (the client's message says nothing of it: a refused connection, a timeout, a busy pool)."""
+    if getattr(exc, "_sentrail_logged", False):
+        return
+    exc._sentrail_logged = True  # type: ignore[attr-defined]
+    cause = exc.__cause__ or exc.__context__
+    log.warning("store_unavailable", error_class=type(exc).__name__, error=str(exc),
+                cause=f"{type(cause).__name__}: {cause}" if cause is not None else None)  # fmt: skip
 
 
 _encoder = msgspec.json.Encoder()

@@ -64,6 +64,10 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     redis_url: str = ""  # empty: start the embedded Redis under <data_dir>/redis
     redis_fsync: Literal["always", "everysec"] = "everysec"  # embedded Redis AOF fsync policy
     redis_timeout_s: Annotated[float, Meta(gt=0)] = 2.0  # connect and command timeout: fail closed, fast
+    redis_max_connections: Annotated[int, Meta(ge=1)] = 100  # the pool; beyond it a command waits redis_timeout_s
+    request_head_timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # a request's line and headers must arrive in this
+    request_body_timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # its body must arrive in this (408 past it)
+    health_interval_s: Annotated[float, Meta(gt=0)] = 2.0  # how often each engine's health is checked
     dev_mode: bool = False  # no API keys; every request is tenant "dev". Refused unless bound to loopback
     session_ttl_s: Annotated[int, Meta(ge=60)] = 7 * 24 * 3600  # idle sessions expire after this
     key_cache_s: Annotated[float, Meta(ge=0)] = 5.0  # how long a looked-up API key is trusted in-process

@@ -82,14 +82,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, host=args.host, port=args.port, dev_mode=args.dev or None)
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=settings.drain_s, lifespan="on",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(create_app(settings), settings))
     server.run()
     return 0 if server.started else 1
+
+
+def server_config(app: Any, settings: Settings) -> Any:
+    """How the gateway is served: uvicorn with `GatewayHttpProtocol` (httptools, plus deadlines on a
+    request's head and body and JSON errors), no websockets (no route uses them), uvicorn's 5 s
+    keep-alive idle timeout."""
+    import uvicorn
+
+    from gateway.http.middleware import http_protocol
+
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=settings.drain_s, lifespan="on", ws="none",
+        http=http_protocol(settings.request_head_timeout_s, settings.request_body_timeout_s),
+    )  # fmt: skip
 
 
 @asynccontextmanager
@@ -102,7 +112,7 @@ async def connected_redis(settings: Settings) -> AsyncIterator[Any]:
     if not candidates and url_file.exists():
         candidates.append(url_file.read_text().strip())
     for url in candidates:
-        client = connect_redis(url, settings.redis_timeout_s)
+        client = connect_redis(url, settings.redis_timeout_s, settings.redis_max_connections)
         try:
             await client.ping()
         except Exception:

@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
+from litestar.routes import HTTPRoute
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Tracer
 
@@ -23,7 +24,7 @@ from engines.models import embedded_model_dir, is_prepared, prepare_embedded_mod
 from engines.pool import EnginePool
 from engines.remote import OpenAIEngine
 from engines.vllm_server import VllmServerEngine
-from gateway.errors import STATUS_ERROR_TYPES, describe, kind_of, to_error_body
+from gateway.errors import STATUS_ERROR_TYPES, UnsupportedMediaType, describe, kind_of, to_error_body
 from gateway.http.middleware import RequestContextMiddleware
 from gateway.http.reload import watch_folder
 from gateway.http.routes import ROUTES
@@ -44,7 +45,6 @@ from rails.builtin.nemo import Endpoint, ModelResolver
 from rails.tools.config import load_tool_policy
 
 log = structlog.get_logger("sentrail.app")
-HEALTH_INTERVAL_S = 5.0
 
 
 def build_engines(settings: Settings) -> dict[str, list[tuple[Engine, int, float]]]:
@@ -85,7 +85,38 @@ def handle_exception(request: Request, exc: Exception) -> Response:
     headers = dict(getattr(exc, "headers", None) or {})
     if error_type in ("overloaded", "rate_limit_exceeded"):
         headers["Retry-After"] = str(getattr(exc, "retry_after_s", 1))
+    if error_type == "request_timeout":  # the rest of the body may still be on its way: no further request
+        headers["Connection"] = "close"
     return Response(to_error_body(error_type, message, param), status_code=kind_of(error_type).status, headers=headers)
+
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def require_json(request: Request) -> None:
+    """Every request body is JSON: one without `Content-Type: application/json` (a charset, if named,
+    must be UTF-8) is refused with 415 before anything reads it. A browser can send a cross-site form
+    or `text/plain` POST without asking first (no CORS preflight); `application/json` needs the
+    preflight, which this server does not grant, so a page cannot drive a loopback `--dev` gateway."""
+    if request.method in BODY_METHODS and not is_json(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType("Send the request body as JSON with 'Content-Type: application/json'.")
+
+
+def is_json(content_type: str) -> bool:
+    """`application/json`, with any parameters, of which a charset must be UTF-8 (RFC 8259)."""
+    media_type, *params = content_type.split(";")
+    if media_type.strip().lower() != "application/json":
+        return False
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+def allowed_methods(app: Litestar) -> dict[str, str]:
+    """Route template -> its `Allow` header value, from the routes as built (every handler of a path)."""
+    return {route.path_format: ", ".join(sorted(route.methods)) for route in app.routes if isinstance(route, HTTPRoute)}
 
 
 def create_app(
@@ -102,7 +133,7 @@ def create_app(
     if not redis_url:  # the default: an embedded Redis persisting under <data_dir>/redis
         embedded_redis = EmbeddedRedis(settings.data_path / "redis", fsync=settings.redis_fsync)
         redis_url = embedded_redis.url
-    redis = connect_redis(redis_url, settings.redis_timeout_s)
+    redis = connect_redis(redis_url, settings.redis_timeout_s, settings.redis_max_connections)
     sessions = SessionStore(redis, settings.session_ttl_s)
     guard = load_guard(settings, tracer, partial(model_endpoint, pool))
     tools = load_tool_guard(settings, tracer)
@@ -117,7 +148,7 @@ def create_app(
         if engines is None:
             await _prepare_embedded(settings)
         await pool.start()
-        watchers = [asyncio.create_task(_watch_health(pool))]
+        watchers = [asyncio.create_task(_watch_health(pool, settings.health_interval_s))]
         reloaders = [partial(guard.reload, rails_path(settings), tracer)] if guard is not None else []
         reloaders += [tools.reload] if tools is not None else []
         policies = Path(settings.policies_dir)
@@ -145,6 +176,7 @@ def create_app(
         route_handlers=ROUTES,
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
+        before_request=require_json,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
         logging_config=None,
@@ -160,7 +192,9 @@ def create_app(
         ),
         approvals=approvals, audit=audit, tracer_provider=tracer_provider,
     )  # fmt: skip
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler, metrics, tracer)
+    app.asgi_handler = RequestContextMiddleware(
+        app.asgi_handler, metrics, tracer, settings.request_body_timeout_s, allowed_methods(app)
+    )
     return app
 
 
@@ -208,10 +242,10 @@ async def _prepare_embedded(settings: Settings) -> None:
         )
 
 
-async def _watch_health(pool: EnginePool) -> None:
+async def _watch_health(pool: EnginePool, interval_s: float) -> None:
     """Refresh replica health in the background so routing skips dead engines between probes."""
     while True:
-        await asyncio.sleep(HEALTH_INTERVAL_S)
+        await asyncio.sleep(interval_s)
         try:
             pool.supervise()
             await pool.readiness()

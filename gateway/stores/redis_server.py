@@ -95,11 +95,16 @@ class EmbeddedRedis:
             await process.wait()
 
 
-def connect_redis(url: str, timeout_s: float) -> aioredis.Redis:
-    """A client that fails fast when Redis is away (the caller fails closed) and reconnects by itself."""
-    return aioredis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=15
-    )
+def connect_redis(url: str, timeout_s: float, max_connections: int = 100) -> aioredis.Redis:
+    """A client that fails fast when Redis is away (the caller fails closed) and reconnects by itself.
+
+    Its pool holds at most `max_connections`; a command that finds them all busy waits for one, at most
+    `timeout_s` (a burst queues instead of failing with `store_unavailable` while Redis is healthy)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout_s,
+        socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=15,
+    )  # fmt: skip
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: closing it disconnects the pool
 
 
 def redis_url_file(data_dir: Path) -> Path:
