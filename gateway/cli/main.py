@@ -141,6 +141,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
     async with connected_redis(settings) as redis:
         store = KeyStore(redis, cache_s=0)
+        audit = AuditLog.from_settings(redis, settings, serving=False)  # sealed like the gateway's records
         actions: dict[str, Callable[[], Awaitable[int]]] = {}
 
         async def create() -> int:
@@ -155,9 +156,8 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             except (msgspec.ValidationError, ValueError) as exc:
                 print(f"sentrail: invalid key: {exc}", file=sys.stderr)
                 return 2
-            await AuditLog(redis).append(SYSTEM, [{"type": "key_created", "key_id": record.key_id,
-                                                   "tenant": record.tenant, "roles": list(record.roles),
-                                                   "models": list(record.models)}])  # fmt: skip
+            await audit.append(SYSTEM, [{"type": "key_created", "key_id": record.key_id, "tenant": record.tenant,
+                                         "roles": list(record.roles), "models": list(record.models)}])  # fmt: skip
             print(f"key id:  {record.key_id}\ntenant:  {record.tenant}\nroles:   {','.join(record.roles)}")
             print(f"secret:  {secret}")
             print("Store the secret now: it is not kept and cannot be shown again.", file=sys.stderr)
@@ -170,7 +170,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
         async def revoke() -> int:
             if await store.revoke(args.key_id):
-                await AuditLog(redis).append(SYSTEM, [{"type": "key_revoked", "key_id": args.key_id}])
+                await audit.append(SYSTEM, [{"type": "key_revoked", "key_id": args.key_id}])
                 print(f"revoked {args.key_id}")
                 return 0
             print(f"sentrail: no key with id {args.key_id!r}", file=sys.stderr)
