@@ -41,12 +41,29 @@ class Verdict(msgspec.Struct, frozen=True):
 _ALLOW = Verdict(Action.ALLOW)
 
 
+class RailStream(Protocol):
+    """One rail on one text that arrives in pieces (a streamed answer): see `Rail.stream`."""
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
+        """Take the next piece of the text (`final`: nothing follows; everything is then decided). Return the
+        text the rail has now decided — every character before its frontier, not returned before, rewritten
+        where the verdict is modify — and the verdict on it; a block ends the stream."""
+        ...
+
+
 @runtime_checkable
 class Rail(Protocol):
     """Optional attributes: `modifies` (True: may rewrite the content; runs in the maskers' phase) and
     `local` (True: `check` is CPU work that never waits on I/O, so the pipeline calls it inline, without
     a task or a timeout: a timeout cannot interrupt CPU work, and a task per check costs more than most
-    local checks)."""
+    local checks).
+
+    Optional method `stream() -> RailStream | None`: the rail on a text that grows piece by piece. Such a rail
+    reports a *frontier*: the earliest position from which one of its patterns could still match, or match
+    differently, once more text arrives (a partial match running into the end, a match whose end a
+    word boundary or look-ahead still depends on); everything before it is decided and is passed on at once,
+    judged (and masked) exactly as in the whole text. A rail without it (NeMo, LLM judges) makes the output
+    filter fall back to fixed windows (`streaming.window` / `overlap`)."""
 
     name: str
     stage: Stage

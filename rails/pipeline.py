@@ -10,6 +10,12 @@ its block or modification is not applied. Every rail that waits on I/O gets one 
 span; a local rail gets one when it did not allow (block, modify, failure: with its real start and end),
 and the local rails that allowed are listed on the current span (`sentrail.rails.{stage}.passed`): a span
 per microsecond-scale check cost more than the check (nine spans per step with the shipped rails).
+
+`stream` runs a stage on a text that arrives in pieces (a streamed answer), when every rail of it can
+(`Rail.stream`): the maskers in file order as a chain, each passing on what it has decided, masked; the judges
+side by side on the chain's output. What all enforced judges have decided is released, so the stage's
+frontier is the earliest frontier of its rails, and the pieces released, put together, are the whole answer
+as the stage would have rewritten it at once.
 """
 
 from __future__ import annotations
@@ -23,8 +29,7 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracer, Tracer
 
-from .base import Action, Rail, Stage, Verdict
-
+from .base import Action, Rail, RailStream, Stage, Verdict
 
 OFF_LOOP_CHARS = 16_384  # a local rail checks a longer text in a worker thread
 
@@ -87,6 +92,17 @@ class RailPipeline:
 
     def has(self, stage: Stage) -> bool:
         return bool(self.by_stage[stage])
+
+    def stream(self, stage: Stage) -> StageStream | None:
+        """The stage's rails on a text that arrives in pieces; None when a rail cannot (it has no `stream`)."""
+        streams = []
+        for configured in self.by_stage[stage]:
+            make = getattr(configured.rail, "stream", None)
+            stream = make() if make is not None else None
+            if stream is None:
+                return None
+            streams.append((configured, stream))
+        return StageStream(self, stage, streams)
 
     async def run(self, stage: Stage, content: str) -> StageResult:
         result = await self._run(stage, content)
@@ -162,6 +178,49 @@ class RailPipeline:
             result.blocked = decision
             return True
         return False
+
+
+class StageStream:
+    """One stage's rails on one streamed text (`RailPipeline.stream`). `feed` takes the next piece and returns
+    the text released (`content`), the decisions it brought and the block, if any; `final` ends the text."""
+
+    def __init__(self, pipeline: RailPipeline, stage: Stage, streams: list[tuple[Configured, RailStream]]) -> None:
+        self.pipeline, self.stage = pipeline, stage
+        self.maskers = [(c, s) for c, s in streams if c.modifies]
+        self.judges = [(c, s) for c, s in streams if not c.modifies]
+        self.enforced = [i for i, (c, _) in enumerate(self.judges) if not (c.shadow or c.label)]
+        self.decided = [0] * len(self.judges)  # characters of the chain's output each judge has decided
+        self.held, self.released = "", 0  # the chain's output not released yet; how much was
+
+    def feed(self, text: str, final: bool = False) -> StageResult:
+        result = StageResult("")
+        for configured, stream in self.maskers:
+            out, verdict = stream.feed(text, final)
+            if self._note(configured, verdict, result):
+                return result
+            if not (configured.shadow or configured.label):  # an observer sees the text and passes it as it was
+                text = out
+        self.held += text
+        for index, (configured, stream) in enumerate(self.judges):
+            out, verdict = stream.feed(text, final)
+            self.decided[index] += len(out)
+            if self._note(configured, verdict, result):
+                return result
+        total = self.released + len(self.held)
+        cut = min((self.decided[i] for i in self.enforced), default=total) - self.released
+        result.content, self.held = self.held[:cut], self.held[cut:]
+        self.released += cut
+        return result
+
+    def _note(self, configured: Configured, verdict: Verdict, result: StageResult) -> bool:
+        if verdict.action == Action.ALLOW:
+            return False
+        rail, now = configured.rail, time.time_ns()
+        attributes = {"gen_ai.guardrail.name": rail.name, "gen_ai.guardrail.policy.id": "rails.yaml",
+                      "gen_ai.guardrail.policy.version": self.pipeline.version, "sentrail.rail.stage": self.stage.value,
+                      **_outcome(configured, verdict)}  # fmt: skip
+        self.pipeline.tracer.start_span(f"apply_guardrail {rail.name}", start_time=now, attributes=attributes).end()
+        return RailPipeline._record(configured, self.stage, verdict, result)
 
 
 def _in_order(result: StageResult, rails: Sequence[Configured]) -> StageResult:

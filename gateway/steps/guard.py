@@ -177,10 +177,17 @@ class OutputBlocked(Exception):
 
 
 class OutputFilter:
-    """Output rails on assistant text that arrives in pieces: text is released only after the
-    window holding it passed the rails, and the last `overlap` characters are always held back, so
-    a blocked phrase or a maskable entity up to `overlap` characters long never reaches the client
-    in part, however the engine splits it. `flush` checks and releases the rest at the end."""
+    """Output rails on assistant text that arrives in pieces. When every output rail reports a frontier
+    (`Rail.stream`: the built-in rails do), each piece is released as soon as no text to come can change
+    what the rails do with it: everything before the earliest position from which one of their patterns
+    could still match, judged and masked exactly as in the whole answer, so a blocked phrase, a maskable
+    entity or a blocked pattern never reaches the client in part, however the engine splits the text, and
+    ordinary prose goes out as it arrives but for its last word or so.
+
+    Otherwise (a NeMo rail, an LLM judge) text is released only after the window holding it passed the
+    rails, and the last `overlap` characters are always held back, so that a blocked phrase or a maskable
+    entity up to `overlap` characters long never reaches the client in part. `flush` checks and releases
+    the rest at the end."""
 
     def __init__(self, pipeline: RailPipeline, window: int = 64, overlap: int = 128) -> None:
         self.pipeline = pipeline
@@ -188,15 +195,28 @@ class OutputFilter:
         self.overlap = overlap
         self.pending = ""
         self.decisions: list[Decision] = []
+        self.stream = pipeline.stream(Stage.OUTPUT)
 
     async def feed(self, text: str) -> str:
+        if self.stream is not None:
+            return self._take(self.stream.feed(text)).content
         self.pending += text
         if len(self.pending) < self.window + self.overlap:
             return ""
         return await self._release(final=False)
 
     async def flush(self) -> str:
+        if self.stream is not None:
+            return self._take(self.stream.feed("", final=True)).content
         return await self._release(final=True) if self.pending else ""
+
+    def _take(self, result: StageResult) -> StageResult:
+        for decision in result.decisions:
+            if decision not in self.decisions:
+                self.decisions.append(decision)
+        if result.blocked is not None:
+            raise OutputBlocked(result.blocked)
+        return result
 
     async def _release(self, final: bool) -> str:
         whole = await self._run(self.pending)
@@ -219,13 +239,7 @@ class OutputFilter:
         return ""
 
     async def _run(self, text: str) -> StageResult:
-        result = await self.pipeline.run(Stage.OUTPUT, text)
-        for decision in result.decisions:
-            if decision not in self.decisions:
-                self.decisions.append(decision)
-        if result.blocked is not None:
-            raise OutputBlocked(result.blocked)
-        return result
+        return self._take(await self.pipeline.run(Stage.OUTPUT, text))
 
 
 async def filter_output(

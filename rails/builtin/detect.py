@@ -3,6 +3,11 @@
 A detector is a name and a function from text to the spans it found; validators (Luhn for cards,
 mod-97 for IBANs, entropy for opaque tokens) keep false positives down. Masking replaces each span
 with `[NAME]`, right to left so offsets stay valid.
+
+Every detector is made of regexes (`regexes_of`), so a rail can also run on a stream (`DetectRail.stream`): a
+finding is resolved once no text to come can change it (rails/builtin/partial.py), and text is passed on up to
+there, masked as the whole text would be. The shortcuts (`needs`, scanning near digits only) are exact: they
+skip only text where the regex cannot match.
 """
 
 from __future__ import annotations
@@ -17,27 +22,32 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from ..base import Stage, Verdict
+from ..base import RailStream, Stage, Verdict
+from .partial import Patterns, Scanner, Unsupported, patterns
 
 Span = tuple[int, int]
 Finder = Callable[[str], list[Span]]
 
 
-DIGITS = tuple("0123456789")
 _DIGIT_RUN = re.compile(r"\d+")
 
 
 class _Regex:
-    """A regex finder; `needs` lists substrings of which any match contains one: text with none of
-    them is skipped at the cost of a substring search (microseconds), not a regex scan."""
+    """A regex finder; `needs` lists substrings of which any match contains one (in lowercase with `fold`):
+    text with none of them is skipped at the cost of a substring search (microseconds), not a regex scan."""
 
     def __init__(
-        self, pattern: str, flags: int = 0, valid: Callable[[str], bool] | None = None, needs: Sequence[str] = ()
+        self,
+        pattern: str,
+        flags: int = 0,
+        valid: Callable[[str], bool] | None = None,
+        needs: Sequence[str] = (),
+        fold: bool = False,
     ) -> None:
-        self.pattern, self.valid, self.needs = re.compile(pattern, flags), valid, tuple(needs)
+        self.pattern, self.valid, self.needs, self.fold = re.compile(pattern, flags), valid, tuple(needs), fold
 
     def __call__(self, text: str) -> list[Span]:
-        if self.needs and not any(literal in text for literal in self.needs):
+        if self.needs and not any(literal in (text.lower() if self.fold else text) for literal in self.needs):
             return []
         return [m.span() for m in self.pattern.finditer(text) if self.valid is None or self.valid(m.group())]
 
@@ -62,18 +72,36 @@ def _digit_windows(text: str, margin: int = 8) -> list[tuple[int, str]]:
 
 
 class _NearDigits:
-    """For detectors whose matches lie within a few characters of a digit (cards, phones, IDs):
-    scan only those parts of the text."""
+    """For detectors whose matches start within 3 characters of a digit and end within `margin` characters
+    after their last digit (cards, phones, IDs; `margin` 40 for an IBAN's letter groups): scan only those
+    parts of the text, cut at whitespace, which finds what a scan of the whole text finds."""
 
-    def __init__(self, inner: Finder) -> None:
-        self.inner = inner
+    def __init__(self, inner: _Regex, margin: int = 8) -> None:
+        self.inner, self.margin = inner, margin
 
     def __call__(self, text: str) -> list[Span]:
-        return [(s + offset, e + offset) for offset, segment in _digit_windows(text) for s, e in self.inner(segment)]
+        windows = _digit_windows(text, self.margin)
+        return [(s + offset, e + offset) for offset, segment in windows for s, e in self.inner(segment)]
 
 
-def _either(*finders: Finder) -> Finder:
-    return lambda text: [span for find in finders for span in find(text)]
+class _Either:
+    def __init__(self, *finders: Finder) -> None:
+        self.finders = finders
+
+    def __call__(self, text: str) -> list[Span]:
+        return [span for find in self.finders for span in find(text)]
+
+
+def regexes_of(finder: Finder) -> list[_Regex]:
+    """The regexes a detector is made of, in the order it reports their spans; ValueError for a finder that
+    is not made of them (it cannot run on a stream)."""
+    if isinstance(finder, _Regex):
+        return [finder]
+    if isinstance(finder, _NearDigits):
+        return [finder.inner]
+    if isinstance(finder, _Either):
+        return [regex for inner in finder.finders for regex in regexes_of(inner)]
+    raise ValueError(f"{finder!r} is not made of regexes")
 
 
 def luhn_ok(candidate: str) -> bool:
@@ -109,15 +137,10 @@ def entropy(token: str) -> float:
     return -sum(n / len(token) * math.log2(n / len(token)) for n in counts.values())
 
 
-def _high_entropy(text: str) -> list[Span]:
-    """Opaque tokens: 24+ characters of a key alphabet, mixing classes, with entropy over 4.2 bits."""
-    spans = []
-    for match in re.finditer(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{24,}={0,2}", text):
-        token = match.group()
-        classes = sum(bool(re.search(p, token)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
-        if classes == 3 and entropy(token) > 4.2 and not _encodes_data(token):
-            spans.append(match.span())
-    return spans
+def _opaque(token: str) -> bool:
+    """An opaque token: it mixes lower, upper and digits, with entropy over 4.2 bits, and encodes no data."""
+    classes = sum(bool(re.search(p, token)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
+    return classes == 3 and entropy(token) > 4.2 and not _encodes_data(token)
 
 
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"%PDF", b"PK\x03\x04", b"\x1f\x8b", b"RIFF", b"<svg", b"<?xml")
@@ -161,31 +184,27 @@ SECRETS: dict[str, Finder] = {
     "BASIC_AUTH": _Regex(
         r"\b[Bb]asic\s+[A-Za-z0-9+/]{8,}={0,2}(?![A-Za-z0-9+/=])", valid=_user_colon_pass, needs=("asic",)
     ),
-    "BEARER_TOKEN": _Regex(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{20,}=*", needs=("earer", "EARER")),
-    "HIGH_ENTROPY": _high_entropy,
+    "BEARER_TOKEN": _Regex(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{20,}=*", needs=("bearer",), fold=True),
+    # opaque tokens: 24+ characters of a key alphabet, mixing classes, with entropy over 4.2 bits
+    "HIGH_ENTROPY": _Regex(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{24,}={0,2}", valid=_opaque),
 }
 
 PII: dict[str, Finder] = {
     "EMAIL": _Regex(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b", needs=("@",)),
-    "CARD": _NearDigits(_Regex(r"\b(?:\d[ \-]?){12,18}\d\b", valid=luhn_ok, needs=DIGITS)),
-    "IBAN": _NearDigits(
-        _Regex(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", valid=iban_ok, needs=DIGITS)
-    ),
+    "CARD": _NearDigits(_Regex(r"\b(?:\d[ \-]?){12,18}\d\b", valid=luhn_ok)),
+    "IBAN": _NearDigits(_Regex(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", valid=iban_ok), 40),
     "US_SSN": _NearDigits(_Regex(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b", needs=("-",))),
-    "UK_NINO": _NearDigits(
-        _Regex(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b", needs=DIGITS)
-    ),
+    "UK_NINO": _NearDigits(_Regex(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")),
     # international (+CC ...), (area) local, or North American 3-3-4; dates and versions do not match
     "PHONE": _NearDigits(
         _Regex(
             r"(?<![\w+])\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){2,5}(?!\w)"
             r"|(?<!\w)\(\d{2,4}\)[ .\-]?\d{3,4}[ .\-]?\d{3,4}(?!\w)"
             r"|(?<![\w.\-])\d{3}[.\-]\d{3}[.\-]\d{4}(?![\w.\-])",
-            needs=DIGITS,
         )
     ),
-    "IP_ADDRESS": _either(
-        _NearDigits(_Regex(r"\b(?:\d{1,3}\.){3}\d{1,3}\b", valid=ip_ok, needs=DIGITS)),
+    "IP_ADDRESS": _Either(
+        _NearDigits(_Regex(r"\b(?:\d{1,3}\.){3}\d{1,3}\b", valid=ip_ok)),
         _Regex(r"\b(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}\b", valid=ip_ok, needs=(":",)),
     ),
 }
@@ -217,6 +236,10 @@ class DetectRail:
         self.detectors = detectors
         self.modifies = action == "mask"
         self.local = True  # check() is CPU work on the text: run inline, no timeout task
+        try:
+            self._regexes = [(name, regex) for name, finder in detectors.items() for regex in regexes_of(finder)]
+        except ValueError:
+            self._regexes = []  # a detector not made of regexes: no stream
 
     async def check(self, content: str) -> Verdict:
         findings = find_all(self.detectors, content)
@@ -226,6 +249,51 @@ class DetectRail:
         if self.action == "block":
             return Verdict.block(f"found {kinds}")
         return Verdict.modify(mask(content, findings), f"masked {kinds}")
+
+    def stream(self) -> RailStream | None:
+        if not self._regexes:
+            return None
+        try:
+            compiled = patterns(tuple((r.pattern.pattern, r.pattern.flags) for _, r in self._regexes))
+        except Unsupported:
+            return None
+        return _DetectStream(self, compiled)
+
+
+class _DetectStream:
+    """The rail on a text that arrives in pieces. A finding is resolved once decided, earliest and longest
+    first as `find_all` does; text is passed on up to the frontier (or, when a finding it keeps runs across
+    it, to that finding's end), masked: the pieces put together are the whole text masked at once."""
+
+    def __init__(self, rail: DetectRail, patterns: Patterns) -> None:
+        self.rail, self.kinds = rail, [(name, regex.valid) for name, regex in rail._regexes]
+        self.scanner = Scanner(patterns)
+        self.found: list[tuple[int, int, int, str]] = []  # decided, unresolved: (start, -end, order, name)
+        self.emitted = self.kept_end = 0
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
+        for index, start, end, group in self.scanner.feed(text, final):
+            name, valid = self.kinds[index]
+            if valid is None or valid(group):
+                self.found.append((start, -end, index, name))
+        frontier = self.scanner.frontier
+        if self.rail.action == "block":
+            if self.found:
+                return "", Verdict.block(f"found {', '.join(sorted({f[3] for f in self.found}))}")
+            out, self.emitted = self.scanner.slice(self.emitted, frontier), frontier
+            return out, Verdict.allow()
+        self.found.sort()
+        kept = []
+        while self.found and self.found[0][0] < frontier:
+            start, end, _, name = self.found.pop(0)
+            if start >= self.kept_end:
+                kept.append((start - self.emitted, -end - self.emitted, name))
+                self.kept_end = -end
+        cut = max(self.emitted, frontier, self.kept_end)
+        out, self.emitted = mask(self.scanner.slice(self.emitted, cut), kept), cut
+        if not kept:
+            return out, Verdict.allow()
+        return out, Verdict.modify(out, f"masked {', '.join(sorted({name for _, _, name in kept}))}")
 
 
 def secrets_rail(name: str, stage: Stage, action: Literal["mask", "block"] = "block") -> DetectRail:

@@ -4,6 +4,13 @@ Signals, each with a weight, are summed (capped at 1.0): instruction-override ph
 jailbreak markers, attempts to extract the system prompt, fake chat-template role markers, invisible
 or bidirectional Unicode, and (on output) markdown images or links that carry data out in a URL.
 Payloads hidden in base64, hex or rot13 are decoded and scored again. The reason names the signals.
+
+On a stream (`InjectionRail.stream`) the score is kept as the text arrives: a signal counts once its match is
+decided (no text to come can change it: rails/builtin/partial.py), together with the need words seen so far;
+a base64 / hex run once it ended; the rot13 reading from the first rot13'd trigger word on (the text before it
+is read then, once). It is never reset, so it is the plain score of everything decided so far, and at the end
+of the stream exactly the plain score of the whole answer. Text is passed on up to the frontier only while that
+score is below the threshold; the stream is blocked the first time it reaches it.
 """
 
 from __future__ import annotations
@@ -11,10 +18,14 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import re
+from bisect import bisect_right
+from collections.abc import Sequence
 from typing import NamedTuple
 
-from ..base import Stage, Verdict
+from ..base import RailStream, Stage, Verdict
+from .partial import Patterns, Scanner, Unsupported, patterns
 
 
 class _Variant(NamedTuple):
@@ -184,6 +195,7 @@ ENCODED_BONUS = 0.2  # a payload hidden in base64 / hex / rot13 that reads as an
 EXFILTRATION = Signal("markdown_exfiltration", 0.7, r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?#][^)\s]*=[^)\s]+\)", ("![",))
 # rot13'd trigger words, 5+ letters (shorter ones occur in plain text by chance)
 _ROT13_NEEDS = tuple(sorted({codecs.encode(w, "rot13") for s in SIGNALS for w in s.needs if len(w) >= 5}))
+_ROT13_GATE = re.compile("|".join(map(re.escape, sorted(_ROT13_NEEDS, key=len, reverse=True))))
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{20,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX = re.compile(r"\b(?:[0-9a-fA-F]{2}){12,}\b")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9+/]{20}")  # base64 and hex payloads need a run this long
@@ -204,18 +216,27 @@ def hidden_payloads(text: str) -> list[tuple[str, str]]:
     if not _LONG_TOKEN.search(text):
         return _rot13(text)
     for match in _BASE64.finditer(text):
-        chunk = match.group()
-        try:
-            decoded = _printable(base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=True))
-        except (binascii.Error, ValueError):
-            decoded = None
+        decoded = _decode("base64", match.group())
         if decoded:
             found.append(("base64", decoded))
     for match in _HEX.finditer(text):
-        decoded = _printable(bytes.fromhex(match.group()))
+        decoded = _decode("hex", match.group())
         if decoded:
             found.append(("hex", decoded))
     return found + _rot13(text)
+
+
+def _decode(encoding: str, chunk: str) -> str | None:
+    if encoding == "hex":
+        return _printable(bytes.fromhex(chunk))
+    try:
+        return _printable(base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def payload_patterns() -> list[re.Pattern[str]]:
+    return [_BASE64, _HEX]
 
 
 def _rot13(text: str) -> list[tuple[str, str]]:
@@ -257,3 +278,170 @@ class InjectionRail:
         if value >= self.threshold:
             return Verdict.block(f"injection score {value:.2f} >= {self.threshold:.2f} ({', '.join(hits)})")
         return Verdict.allow()
+
+    def stream(self) -> RailStream | None:
+        try:
+            tables = _tables(tuple(self.signals))
+        except Unsupported:
+            return None
+        return _ScoreStream(self, tables)
+
+
+class _Tables:
+    """The signals' regexes for streams: the lowercase ones on the lowered text, the cased ones (then the
+    base64 and hex runs, for the text as written) on the text itself."""
+
+    def __init__(self, signals: Sequence[Signal]) -> None:
+        self.signals = signals
+        lowered = [(i, v) for i, s in enumerate(signals) for v in s.variants]
+        cased = [(i, v) for i, s in enumerate(signals) for v in s.cased]
+        self.lowered_owners = [(i, v.word_start) for i, v in lowered]
+        self.cased_owners = [(i, v.word_start) for i, v in cased]
+        self.lowered = patterns(tuple((v.pattern.pattern, v.pattern.flags) for _, v in lowered))
+        sources = tuple((v.pattern.pattern, v.pattern.flags) for _, v in cased)
+        self.cased = patterns(sources)
+        self.written = patterns(sources + tuple((p.pattern, p.flags) for p in payload_patterns()))
+
+
+@functools.lru_cache(maxsize=8)
+def _tables(signals: tuple[Signal, ...]) -> _Tables:
+    return _Tables(signals)
+
+
+class _Reading:
+    """The signals on one reading of a stream (the text as written, or its rot13): which matched (decided),
+    and which have seen one of their need words (a signal counts when both)."""
+
+    def __init__(self, tables: _Tables, written: Patterns) -> None:
+        self.tables = tables
+        self.lowered, self.written = Scanner(tables.lowered), Scanner(written)
+        self.matched: set[int] = set()
+        self.gated: set[int] = set()
+        self.waiting: set[int] = set()  # matched, no need word seen yet
+        self.pieces: list[str] = []  # the lowered text so far, for need words
+        self.tail = ""  # its last characters, for need words across pieces
+        self.marks: list[tuple[int, int, int]] = []  # (lowered end, written end, lowered start) of a character
+        self.size = self.lowered_size = 0  # that lower() lengthens, e.g. "İ"
+
+    def feed(self, text: str, final: bool) -> list[tuple[int, str]]:
+        """Read the next piece; return the base64 / hex runs it decided, as (0 base64 | 1 hex, run)."""
+        lowered = text.lower()
+        if len(lowered) != len(text):
+            parts, at, size = [], self.lowered_size, self.size
+            for char in text:
+                parts.append(char.lower())
+                if len(parts[-1]) != 1:
+                    self.marks.append((at + len(parts[-1]), size + 1, at))
+                at, size = at + len(parts[-1]), size + 1
+            lowered = "".join(parts)
+        self.size += len(text)
+        self.lowered_size += len(lowered)
+        self.pieces.append(lowered)
+        tables = self.tables
+        for index, start, _, _ in self.lowered.feed(lowered, final):
+            signal, word_start = tables.lowered_owners[index]
+            if not (word_start and _in_word(self.lowered.before(start))):
+                self._match(signal)
+        runs = []
+        cased = len(tables.cased_owners)
+        for index, start, _, group in self.written.feed(text, final):
+            if index >= cased:
+                runs.append((index - cased, group))
+            elif not (tables.cased_owners[index][1] and _in_word(self.written.before(start))):
+                self._match(tables.cased_owners[index][0])
+        if self.waiting:
+            window = self.tail + lowered
+            for signal in list(self.waiting):
+                if any(word in window for word in tables.signals[signal].needs):
+                    self.waiting.discard(signal)
+                    self.gated.add(signal)
+        self.tail = (self.tail + lowered)[-20:]
+        return runs
+
+    def _match(self, signal: int) -> None:
+        if signal in self.matched:
+            return
+        self.matched.add(signal)
+        needs = self.tables.signals[signal].needs
+        seen = "".join(self.pieces)
+        self.pieces = [seen]
+        if not needs or any(word in seen for word in needs):
+            self.gated.add(signal)
+        else:
+            self.waiting.add(signal)
+
+    def frontier(self) -> int:
+        """In the text as written: the lowered scan's frontier mapped back (to the start of a character that
+        lower() lengthened, when it falls inside one)."""
+        lowered = self.lowered.frontier
+        if self.marks:
+            at = bisect_right(self.marks, (lowered, float("inf"), 0)) - 1
+            mapped = lowered if at < 0 else self.marks[at][1] + lowered - self.marks[at][0]
+            if at + 1 < len(self.marks) and self.marks[at + 1][2] < lowered:
+                mapped = self.marks[at + 1][1] - 1
+            lowered = mapped
+        return min(lowered, self.written.frontier)
+
+    @property
+    def hits(self) -> set[int]:
+        return self.matched & self.gated
+
+
+def _in_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+class _ScoreStream:
+    """The injection rail on a stream: see the module's docstring."""
+
+    def __init__(self, rail: InjectionRail, tables: _Tables) -> None:
+        self.rail, self.signals = rail, tables.signals
+        self.tables = tables
+        self.plain = _Reading(tables, tables.written)
+        self.rot13: _Reading | None = None
+        self.payloads: list[tuple[str, frozenset[int]]] = []
+        self.before_rot13: list[str] = []  # the text so far, for the rot13 reading when it starts
+        self.tail = ""
+        self.pending, self.emitted = "", 0
+
+    def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
+        self.pending += text
+        for index, run in self.plain.feed(text, final):
+            encoding = ("base64", "hex")[index]
+            decoded = _decode(encoding, run)
+            found = (
+                frozenset(i for i, s in enumerate(self.signals) if s.hit(decoded, decoded.lower())) if decoded else ()
+            )
+            if found:
+                self.payloads.append((encoding, frozenset(found)))
+        if self.rot13 is None:
+            self.before_rot13.append(text)
+            window = self.tail + text.lower()
+            self.tail = window[-20:]
+            if _ROT13_GATE.search(window):  # from here on the rot13 reading counts, the text before it too
+                self.rot13 = _Reading(self.tables, self.tables.cased)
+                self.rot13.feed(codecs.encode("".join(self.before_rot13), "rot13"), final)
+                self.before_rot13 = []
+        else:
+            self.rot13.feed(codecs.encode(text, "rot13"), final)
+        if self.plain.matched or self.payloads or self.rot13 is not None:
+            value, hits = self._score()
+            if value >= self.rail.threshold:
+                reason = f"injection score {value:.2f} >= {self.rail.threshold:.2f} ({', '.join(hits)})"
+                return "", Verdict.block(reason)
+        frontier = self.plain.frontier() if self.rot13 is None else min(self.plain.frontier(), self.rot13.frontier())
+        out, self.pending = self.pending[: frontier - self.emitted], self.pending[frontier - self.emitted :]
+        self.emitted = frontier
+        return out, Verdict.allow()
+
+    def _score(self) -> tuple[float, list[str]]:
+        """As `score` computes it, from what is decided."""
+        signals, plain = self.signals, self.plain.hits
+        total = sum(signals[i].weight for i in plain)
+        names = [signals[i].name for i in sorted(plain)]
+        decoded = [*self.payloads, *([("rot13", frozenset(self.rot13.hits))] if self.rot13 is not None else [])]
+        for encoding, found in decoded:
+            for i in sorted(found - plain):
+                total += signals[i].weight + ENCODED_BONUS
+                names.append(f"{encoding}:{signals[i].name}")
+        return min(total, 1.0), names

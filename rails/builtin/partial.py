@@ -1,0 +1,406 @@
+"""Partial matching: how much of a growing text a set of regexes has already decided.
+
+An attempt of a regex at position `s` of a text is *decided* when no path of the engine from `s` reads past
+the end of the text — a character, or an assertion that looks at the end (`\\b`, `\\B`, `$`, `\\Z`, a
+look-ahead): its outcome (no match, or a match and its end) is then the same whatever text follows.
+
+Each pattern gets a *touching* form, built from its parse tree: a regex for the rests of the text (from `s` to
+the end) along which some path of the pattern runs into the end. For a sequence `a b c` it is
+`T(a) | a (T(b) | b T(c))`; for a repeat `x{m,n}` it is `x{0,n-1} T(x)`; for a character, an end-sensitive
+assertion or a look-ahead's body it is the empty string (it wants one more character); a look-behind or `^`
+never touches. It ignores which alternative the engine prefers and whether a repeat is lazy, atomic or
+possessive, so it over-approximates: it may hold a little more than needed, never less. Back-references and
+conditional groups have no touching form (`Unsupported`): a rail with one cannot stream.
+
+`Patterns.scan` runs a set of patterns over a text from each one's resume position, as `finditer` on the whole
+text would, and returns the decided matches and the *frontier*: the earliest attempt not yet decided. No match
+that starts before the frontier can change, whatever follows. One regex search over the undecided tail answers
+the common case (nothing matched: the frontier is where some pattern is half-way through, typically the last
+word); only when something matched does each pattern scan on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import re._constants as C
+import re._parser as P
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+HOLD_SCAN = 256  # a held tail longer than this is rescanned only once it grew by half: CPU stays linear
+
+
+class Unsupported(ValueError):
+    """A pattern without a touching form (back-references, conditional groups)."""
+
+
+_CATEGORY = {C.CATEGORY_DIGIT: r"\d", C.CATEGORY_NOT_DIGIT: r"\D", C.CATEGORY_SPACE: r"\s",
+             C.CATEGORY_NOT_SPACE: r"\S", C.CATEGORY_WORD: r"\w", C.CATEGORY_NOT_WORD: r"\W"}  # fmt: skip
+_AT = {C.AT_BEGINNING: "^", C.AT_BEGINNING_STRING: r"\A", C.AT_BOUNDARY: r"\b", C.AT_NON_BOUNDARY: r"\B",
+       C.AT_END: "$", C.AT_END_STRING: r"\Z"}  # fmt: skip
+_AT_TOUCH = {C.AT_BOUNDARY: "", C.AT_NON_BOUNDARY: "", C.AT_END_STRING: "", C.AT_END: r"\n?"}  # `$`: end or "\n" end
+_LETTERS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.ASCII, "a"))
+_REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT)
+
+
+def _letters(flags: int) -> str:
+    return "".join(letter for flag, letter in _LETTERS if flags & flag)
+
+
+def _class(items: list[tuple[Any, Any]]) -> str:
+    out = []
+    for op, av in items:
+        if op is C.NEGATE:
+            out.append("^")
+        elif op is C.LITERAL:
+            out.append(re.escape(chr(av)))
+        elif op is C.RANGE:
+            out.append(f"{re.escape(chr(av[0]))}-{re.escape(chr(av[1]))}")
+        elif op is C.CATEGORY:
+            out.append(_CATEGORY[av])
+        else:
+            raise Unsupported(f"character class item {op}")
+    return f"[{''.join(out)}]"
+
+
+def _emit(items: Sequence[tuple[Any, Any]], loose: bool = False) -> str:
+    """The regex for parsed `items`, without capturing groups; `loose`: atomic groups and possessive repeats as
+    plain ones (a superset, for touching forms)."""
+    return "".join(_emit_one(op, av, loose) for op, av in items)
+
+
+def _emit_one(op: Any, av: Any, loose: bool) -> str:
+    if op is C.LITERAL:
+        return re.escape(chr(av))
+    if op is C.NOT_LITERAL:
+        return f"[^{re.escape(chr(av))}]"
+    if op is C.ANY:
+        return "."
+    if op is C.IN:
+        return _class(av)
+    if op is C.BRANCH:
+        return "(?:" + "|".join(_emit(branch, loose) for branch in av[1]) + ")"
+    if op is C.SUBPATTERN:
+        _, add, delete, body = av
+        return f"(?{_letters(add)}{'-' + _letters(delete) if delete else ''}:{_emit(body, loose)})"
+    if op in _REPEATS:
+        low, high, body = av
+        count = f"{{{low},}}" if high == C.MAXREPEAT else f"{{{low}}}" if low == high else f"{{{low},{high}}}"
+        mode = "?" if op is C.MIN_REPEAT else "+" if op is C.POSSESSIVE_REPEAT and not loose else ""
+        return f"(?:{_emit(body, loose)}){count}{mode}"
+    if op is C.AT:
+        return _AT[av]
+    if op in (C.ASSERT, C.ASSERT_NOT):
+        direction, body = av
+        return f"(?{'<' if direction < 0 else ''}{'=' if op is C.ASSERT else '!'}{_emit(body, loose)})"
+    if op is C.ATOMIC_GROUP:
+        return f"(?:{_emit(av, True)})" if loose else f"(?>{_emit(av)})"
+    raise Unsupported(f"no touching form for {op}")
+
+
+def _touch(items: Sequence[tuple[Any, Any]]) -> str | None:
+    """Regex of the rests of the text along which some path of `items` runs into the end; None: none can.
+    Nested, `T(a) | a (T(b) | b (...))`, so that it grows with the pattern, not with its square; past 64 items
+    the rest counts as touching whatever it is (a superset, and a bounded regex)."""
+    items = list(items)
+    tail = r"[\s\S]*" if len(items) > 64 else None
+    for op, av in reversed(items[:64]):
+        here = _touch_one(op, av)
+        after = None if tail is None else _emit_one(op, av, True) + tail
+        options = [option for option in (here, after) if option is not None]
+        tail = None if not options else options[0] if len(options) == 1 else f"(?:{'|'.join(options)})"
+    return tail
+
+
+def _touch_one(op: Any, av: Any) -> str | None:
+    if op in (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN):
+        return ""
+    if op is C.BRANCH:
+        branches = [t for t in (_touch(branch) for branch in av[1]) if t is not None]
+        return "(?:" + "|".join(branches) + ")" if branches else None
+    if op is C.SUBPATTERN:
+        _, add, delete, body = av
+        inner = _touch(body)
+        return None if inner is None else f"(?{_letters(add)}{'-' + _letters(delete) if delete else ''}:{inner})"
+    if op is C.ATOMIC_GROUP:
+        return _touch(av)
+    if op in _REPEATS:
+        _, high, body = av
+        inner = _touch(body)
+        if high == 0 or inner is None:
+            return None
+        count = "*" if high == C.MAXREPEAT else f"{{0,{high - 1}}}"
+        return f"(?:{_emit(body, True)}){count}{inner}"
+    if op is C.AT:
+        return _AT_TOUCH.get(av)
+    if op in (C.ASSERT, C.ASSERT_NOT):
+        direction, body = av
+        return None if direction < 0 else _touch(body)
+    raise Unsupported(f"no touching form for {op}")
+
+
+def _behind(items: Sequence[tuple[Any, Any]]) -> int:
+    """The most characters before a match's start that its look-behinds read."""
+    width = 0
+    for op, av in items:
+        if op in (C.ASSERT, C.ASSERT_NOT) and av[0] < 0:
+            width = max(width, av[1].getwidth()[1])
+        elif op is C.BRANCH:
+            width = max([width, *(_behind(branch) for branch in av[1])])
+        elif op is C.SUBPATTERN:
+            width = max(width, _behind(av[3]))
+        elif op is C.ATOMIC_GROUP:
+            width = max(width, _behind(av))
+        elif op in _REPEATS:
+            width = max(width, _behind(av[2]))
+    return width
+
+
+class Parsed(NamedTuple):
+    regex: re.Pattern[str]  # the pattern as given: what matches
+    items: list[tuple[Any, Any]]  # its parse tree
+    flags: int  # its global flags (after inline ones)
+    touching: re.Pattern[str] | None  # its touching form, anchored at the end; None: it never runs into the end
+    behind: int
+
+
+def parse(source: str, flags: int = 0) -> Parsed:
+    """Raises `Unsupported` (no touching form) or `re.error`."""
+    regex = re.compile(source, flags)
+    tree = P.parse(source, flags)
+    items, global_flags = list(tree), tree.state.flags & (re.IGNORECASE | re.MULTILINE | re.DOTALL | re.ASCII)
+    touching = _touch(items)
+    touching_regex = None if touching is None else re.compile(rf"{touching}\Z", global_flags)
+    return Parsed(regex, items, global_flags, touching_regex, _behind(items))
+
+
+_CHAR = (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN)
+_BACKWARD = (C.AT_BEGINNING, C.AT_BEGINNING_STRING, C.AT_BOUNDARY, C.AT_NON_BOUNDARY)
+
+
+_ANYCHAR = (C.IN, [(C.CATEGORY, C.CATEGORY_SPACE), (C.CATEGORY, C.CATEGORY_NOT_SPACE)])
+
+
+def _leads(items: list[tuple[Any, Any]], limit: int = 32) -> list[tuple[list[tuple[Any, Any]], bool]]:
+    """Sequences whose union holds `items`' matches and touching rests, as (sequence, touching only), each
+    led by a character where that can be done: groups are opened, branches split, repeats unrolled once, a
+    leading look-ahead split off (its touching rests), and look-behinds, `\b` and `^` in front are moved
+    behind the first character (`\bx` is `x(?<=\b.)`). A joint search over them then passes a position at
+    the cost of one character test."""
+    pending: list[tuple[list, list, bool]] = [(items, [], False)]
+    done: list[tuple[list, bool]] = []
+    while pending:
+        seq, behind, only = pending.pop()
+        if seq and seq[0][0] in _CHAR:
+            after = [(C.ASSERT, (-1, [*behind, _ANYCHAR]))] if behind else []
+            done.append(([seq[0], *after, *seq[1:]], only))
+            continue
+        if not seq or len(done) + len(pending) >= limit:
+            done.append(([*behind, *seq], only))
+            continue
+        (op, av), rest = seq[0], seq[1:]
+        if (op is C.AT and av in _BACKWARD) or (op in (C.ASSERT, C.ASSERT_NOT) and av[0] < 0):
+            pending.append((rest, [*behind, (op, av)], only))
+        elif op in (C.ASSERT, C.ASSERT_NOT):  # a look-ahead: its own touching rests, and the rest as if true
+            pending.append((list(av[1]), behind, True))
+            pending.append((rest, behind, only))
+        elif op is C.BRANCH:
+            pending.extend(([*branch, *rest], behind, only) for branch in av[1])
+        elif op is C.SUBPATTERN and not av[1] and not av[2]:
+            pending.append(([*av[3], *rest], behind, only))
+        elif op is C.ATOMIC_GROUP:
+            pending.append(([*av, *rest], behind, only))
+        elif op in _REPEATS:
+            low, high, body = av
+            if high != 0:
+                again = (
+                    []
+                    if high == 1
+                    else [(C.MAX_REPEAT, (max(low - 1, 0), high if high == C.MAXREPEAT else high - 1, body))]
+                )
+                pending.append(([*body, *again, *rest], behind, only))
+            if low == 0:
+                pending.append((rest, behind, only))
+        else:
+            done.append(([*behind, *seq], only))
+    return done
+
+
+def _joint(members: list[Parsed], flags: int) -> tuple[str, str]:
+    """(a superset of the members' matches, a superset of their touching rests anchored at the end) as two
+    regexes under `flags` whose alternatives start, where they can, with a character (grouped by the first
+    literal); a member with other flags is wrapped in a scoped group."""
+    matches: dict[str | None, list[str]] = {}
+    rests: dict[str | None, list[str]] = {}
+    for member in members:
+        add, drop = _letters(member.flags & ~flags), _letters(flags & ~member.flags)
+        scoped = f"(?{add}{'-' + drop if drop else ''}:" if add or drop else ""
+        for seq, only in _leads(member.items):
+            op, av = seq[0] if seq else (None, None)
+            key = chr(av) if op is C.LITERAL and not scoped else None
+            if op in _CHAR and not scoped:
+                head, after = _emit_one(op, av, True), _touch(seq[1:])
+                if not only:
+                    matches.setdefault(key, []).append((head if key is None else "") + _emit(seq[1:], True))
+                if after is not None:
+                    rests.setdefault(key, []).append((head if key is None else "") + after)
+                continue
+            touching = _touch(seq)
+            if not only:
+                matches.setdefault(None, []).append(f"{scoped}{_emit(seq, True)}{')' if scoped else ''}")
+            if touching is not None:
+                rests.setdefault(None, []).append(f"{scoped}{touching}{')' if scoped else ''}")
+
+    def factor(groups: dict[str | None, list[str]]) -> str:
+        parts = [*groups.get(None, ())]
+        parts += [re.escape(key) + (f"(?:{'|'.join(alts)})" if len(alts) > 1 else alts[0])
+                  for key, alts in groups.items() if key is not None]  # fmt: skip
+        return "|".join(parts)
+
+    touching = factor(rests)
+    return factor(matches) or "(?!)", rf"(?:{touching})\Z" if touching else r"(?!)"
+
+
+class _Group:
+    """Some patterns of a set, searched jointly: when neither superset finds anything before the first
+    position where one of them runs into the end, they are all decided up to there (the common case);
+    otherwise the group's parts are searched, down to single patterns."""
+
+    def __init__(self, parsed: list[Parsed], indices: list[int], fanout: int = 6) -> None:
+        self.indices = indices
+        self.parts: list[_Group] = []
+        self.any: re.Pattern[str] | None = None
+        self.touch: re.Pattern[str] | None = None
+        if len(indices) == 1:
+            return
+        counts: dict[int, int] = {}
+        for i in indices:
+            counts[parsed[i].flags] = counts.get(parsed[i].flags, 0) + 1
+        flags = max(counts, key=counts.__getitem__)
+        if any(parsed[i].flags & re.ASCII != flags & re.ASCII for i in indices):  # ASCII cannot be scoped off
+            by_ascii = [[i for i in indices if parsed[i].flags & re.ASCII == a] for a in (0, re.ASCII)]
+            self.parts = [_Group(parsed, chunk, fanout) for chunk in by_ascii if chunk]
+            return
+        matches, touching = _joint([parsed[i] for i in indices], flags)
+        self.any, self.touch = re.compile(matches, flags), re.compile(touching, flags)
+        size = -(-len(indices) // fanout)
+        self.parts = [_Group(parsed, indices[i : i + size], fanout) for i in range(0, len(indices), size)]
+
+
+@functools.lru_cache(maxsize=64)
+def patterns(sources: tuple[tuple[str, int], ...]) -> Patterns:
+    """`Patterns` for `sources`, built once per process (rails are rebuilt on every reload)."""
+    return Patterns(sources)
+
+
+class Patterns:
+    """The regexes of one rail, compiled for streams. `context`: characters before the earliest undecided
+    attempt a stream keeps for look-behinds and word boundaries."""
+
+    def __init__(self, sources: Sequence[tuple[str, int]]) -> None:
+        parsed = [parse(source, flags) for source, flags in sources]
+        self.regexes = [p.regex for p in parsed]
+        self.touching = [p.touching for p in parsed]
+        self.root = _Group(parsed, list(range(len(parsed)))) if parsed else None
+        self.context = max([0, *(p.behind for p in parsed)]) + 1  # +1: \b, (?m)^, a word-start check
+
+    def __len__(self) -> int:
+        return len(self.regexes)
+
+    def scan(self, text: str, base: int, resume: list[int], final: bool) -> list[tuple[int, re.Match[str]]]:
+        """Advance every pattern's `resume` (absolute; `text[0]` is at `base`) to its first undecided attempt
+        (the end of `text` when `final`) and return the decided matches found on the way, as
+        (pattern index, match on `text`)."""
+        found: list[tuple[int, re.Match[str]]] = []
+        if final:
+            for index, regex in enumerate(self.regexes):
+                found.extend((index, m) for m in regex.finditer(text, resume[index] - base))
+                resume[index] = base + len(text)
+        elif self.root is not None:
+            self._scan(self.root, text, base, resume, found)
+        return found
+
+    def _scan(self, group: _Group, text: str, base: int, resume: list[int], found: list) -> None:
+        if group.any is not None:
+            low = min(resume[i] for i in group.indices) - base
+            edge = _first(group.touch, text, low)
+            match = group.any.search(text, low)
+            if match is None or match.start() >= edge:  # nothing matched before the first undecided attempt
+                for index in group.indices:
+                    resume[index] = max(resume[index], base + edge)
+                return
+        if group.parts:
+            for part in group.parts:
+                self._scan(part, text, base, resume, found)
+            return
+        for index in group.indices:
+            regex, touching = self.regexes[index], self.touching[index]
+            pos = resume[index] - base
+            edge = _first(touching, text, pos)
+            while (match := regex.search(text, pos)) is not None and match.start() < edge:
+                found.append((index, match))
+                pos = max(match.end(), match.start() + 1)
+                if pos > edge:
+                    edge = _first(touching, text, pos)
+            resume[index] = base + edge
+
+
+def _first(touching: re.Pattern[str] | None, text: str, pos: int) -> int:
+    if touching is None:
+        return len(text)
+    match = touching.search(text, min(pos, len(text)))
+    return len(text) if match is None else match.start()
+
+
+class Scanner:
+    """One stream's scan of a growing text with `patterns`. It keeps the text from `context` characters before
+    the frontier on: `slice` reads what lies between the last frontier and the end."""
+
+    def __init__(self, patterns: Patterns) -> None:
+        self.patterns = patterns
+        self.text, self.base = "", 0
+        self.resume = [0] * len(patterns)  # per pattern, absolute; the `frontier` is never below any
+        self.frontier = 0  # absolute: no match starting before it can change any more
+        self._rescan = 0  # a long held tail: the length it must reach before the next scan
+        self._context = patterns.context
+        self._root = patterns.root
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.text)
+
+    def slice(self, start: int, end: int) -> str:
+        return self.text[start - self.base : end - self.base]
+
+    def before(self, position: int) -> str:
+        """The character before `position`, or "" at the start of the text."""
+        return self.text[position - self.base - 1] if position > 0 else ""
+
+    def feed(self, piece: str, final: bool = False) -> list[tuple[int, int, int, str]]:
+        """Add `piece`; the decided matches it made known, as (pattern index, start, end, text), absolute."""
+        base, text, frontier = self.base, self.text, self.frontier
+        if frontier - self._context > base:
+            text, base = text[frontier - self._context - base :], frontier - self._context
+            self.base = base
+        self.text = text = text + piece
+        held = base + len(text) - frontier
+        root = self._root
+        if not final and held > HOLD_SCAN and held < self._rescan:
+            return []
+        if not final and root is not None and root.any is not None:
+            low = frontier - base
+            match = root.touch.search(text, low)
+            edge = len(text) if match is None else match.start()
+            match = root.any.search(text, low)
+            if match is None or match.start() >= edge:  # the common case: nothing matched, all decided to `edge`
+                self.frontier = base + edge
+                self._rescan = 0 if edge > low or held <= HOLD_SCAN else held + held // 2
+                return []
+        resume = self.resume
+        for index, at in enumerate(resume):
+            resume[index] = max(at, frontier)
+        found = self.patterns.scan(text, base, resume, final)
+        self.frontier = min(resume) if resume else base + len(text)
+        self._rescan = 0 if self.frontier > frontier or held <= HOLD_SCAN else held + held // 2
+        return [(index, base + m.start(), base + m.end(), m.group()) for index, m in found]
