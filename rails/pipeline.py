@@ -186,29 +186,37 @@ class StageStream:
 
     def __init__(self, pipeline: RailPipeline, stage: Stage, streams: list[tuple[Configured, RailStream]]) -> None:
         self.pipeline, self.stage = pipeline, stage
-        self.maskers = [(c, s) for c, s in streams if c.modifies]
-        self.judges = [(c, s) for c, s in streams if not c.modifies]
-        self.enforced = [i for i, (c, _) in enumerate(self.judges) if not (c.shadow or c.label)]
+        enforced = [(c, s, not (c.shadow or c.label)) for c, s in streams]  # others observe: the text passes
+        self.maskers = [entry for entry in enforced if entry[0].modifies]
+        self.judges = [entry for entry in enforced if not entry[0].modifies]
         self.decided = [0] * len(self.judges)  # characters of the chain's output each judge has decided
         self.held, self.released = "", 0  # the chain's output not released yet; how much was
 
     def feed(self, text: str, final: bool = False) -> StageResult:
         result = StageResult("")
-        for configured, stream in self.maskers:
+        for configured, stream, enforced in self.maskers:
+            if not (text or final):  # nothing new: nothing can change (`feed` is for what arrived)
+                break
             out, verdict = stream.feed(text, final)
-            if self._note(configured, verdict, result):
+            if verdict.action is not Action.ALLOW and self._note(configured, verdict, result):
                 return result
-            if not (configured.shadow or configured.label):  # an observer sees the text and passes it as it was
+            if enforced:
                 text = out
-        self.held += text
-        for index, (configured, stream) in enumerate(self.judges):
+        held = self.held + text
+        cut = self.released + len(held)
+        decided = self.decided
+        for index, (configured, stream, enforced) in enumerate(self.judges):
+            if not (text or final):
+                break
             out, verdict = stream.feed(text, final)
-            self.decided[index] += len(out)
-            if self._note(configured, verdict, result):
+            decided[index] += len(out)
+            if verdict.action is not Action.ALLOW and self._note(configured, verdict, result):
+                self.held = held
                 return result
-        total = self.released + len(self.held)
-        cut = min((self.decided[i] for i in self.enforced), default=total) - self.released
-        result.content, self.held = self.held[:cut], self.held[cut:]
+            if enforced and decided[index] < cut:
+                cut = decided[index]
+        cut -= self.released
+        result.content, self.held = held[:cut], held[cut:]
         self.released += cut
         return result
 

@@ -272,16 +272,22 @@ class _DetectStream:
         self.emitted = self.kept_end = 0
 
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
-        for index, start, end, group in self.scanner.feed(text, final):
+        scanner = self.scanner
+        decided = scanner.feed(text, final)
+        frontier = scanner.frontier
+        if not decided and not self.found:  # the common case: nothing found, pass on up to the frontier
+            cut = frontier if frontier > self.emitted else self.emitted
+            out, self.emitted = scanner.slice(self.emitted, cut), cut
+            return out, _ALLOW
+        for index, start, end, group in decided:
             name, valid = self.kinds[index]
             if valid is None or valid(group):
                 self.found.append((start, -end, index, name))
-        frontier = self.scanner.frontier
         if self.rail.action == "block":
             if self.found:
                 return "", Verdict.block(f"found {', '.join(sorted({f[3] for f in self.found}))}")
-            out, self.emitted = self.scanner.slice(self.emitted, frontier), frontier
-            return out, Verdict.allow()
+            out, self.emitted = scanner.slice(self.emitted, frontier), frontier
+            return out, _ALLOW
         self.found.sort()
         kept = []
         while self.found and self.found[0][0] < frontier:
@@ -290,10 +296,13 @@ class _DetectStream:
                 kept.append((start - self.emitted, -end - self.emitted, name))
                 self.kept_end = -end
         cut = max(self.emitted, frontier, self.kept_end)
-        out, self.emitted = mask(self.scanner.slice(self.emitted, cut), kept), cut
+        out, self.emitted = mask(scanner.slice(self.emitted, cut), kept), cut
         if not kept:
-            return out, Verdict.allow()
+            return out, _ALLOW
         return out, Verdict.modify(out, f"masked {', '.join(sorted({name for _, _, name in kept}))}")
+
+
+_ALLOW = Verdict.allow()
 
 
 def secrets_rail(name: str, stage: Stage, action: Literal["mask", "block"] = "block") -> DetectRail:

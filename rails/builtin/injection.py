@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..base import RailStream, Stage, Verdict
-from .partial import Patterns, Scanner, Unsupported, patterns
+from .partial import Patterns, Scanner, Unsupported, literals, patterns
 
 
 class _Variant(NamedTuple):
@@ -195,7 +195,7 @@ ENCODED_BONUS = 0.2  # a payload hidden in base64 / hex / rot13 that reads as an
 EXFILTRATION = Signal("markdown_exfiltration", 0.7, r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?#][^)\s]*=[^)\s]+\)", ("![",))
 # rot13'd trigger words, 5+ letters (shorter ones occur in plain text by chance)
 _ROT13_NEEDS = tuple(sorted({codecs.encode(w, "rot13") for s in SIGNALS for w in s.needs if len(w) >= 5}))
-_ROT13_GATE = re.compile("|".join(map(re.escape, sorted(_ROT13_NEEDS, key=len, reverse=True))))
+_ROT13_GATE = re.compile(literals(_ROT13_NEEDS))
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{20,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX = re.compile(r"\b(?:[0-9a-fA-F]{2}){12,}\b")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9+/]{20}")  # base64 and hex payloads need a run this long
@@ -319,26 +319,18 @@ class _Reading:
         self.gated: set[int] = set()
         self.waiting: set[int] = set()  # matched, no need word seen yet
         self.pieces: list[str] = []  # the lowered text so far, for need words
-        self.tail = ""  # its last characters, for need words across pieces
         self.marks: list[tuple[int, int, int]] = []  # (lowered end, written end, lowered start) of a character
-        self.size = self.lowered_size = 0  # that lower() lengthens, e.g. "İ"
+        # that lower() lengthens, e.g. "İ": positions in the two texts differ from there on
 
     def feed(self, text: str, final: bool) -> list[tuple[int, str]]:
         """Read the next piece; return the base64 / hex runs it decided, as (0 base64 | 1 hex, run)."""
         lowered = text.lower()
         if len(lowered) != len(text):
-            parts, at, size = [], self.lowered_size, self.size
-            for char in text:
-                parts.append(char.lower())
-                if len(parts[-1]) != 1:
-                    self.marks.append((at + len(parts[-1]), size + 1, at))
-                at, size = at + len(parts[-1]), size + 1
-            lowered = "".join(parts)
-        self.size += len(text)
-        self.lowered_size += len(lowered)
+            lowered = self._lengthened(text)
         self.pieces.append(lowered)
+        decided = self.lowered.feed(lowered, final)
         tables = self.tables
-        for index, start, _, _ in self.lowered.feed(lowered, final):
+        for index, start, _, _ in decided:
             signal, word_start = tables.lowered_owners[index]
             if not (word_start and _in_word(self.lowered.before(start))):
                 self._match(signal)
@@ -350,13 +342,31 @@ class _Reading:
             elif not (tables.cased_owners[index][1] and _in_word(self.written.before(start))):
                 self._match(tables.cased_owners[index][0])
         if self.waiting:
-            window = self.tail + lowered
+            window = self._recent(len(lowered) + 20)
             for signal in list(self.waiting):
                 if any(word in window for word in tables.signals[signal].needs):
                     self.waiting.discard(signal)
                     self.gated.add(signal)
-        self.tail = (self.tail + lowered)[-20:]
         return runs
+
+    def _recent(self, size: int) -> str:
+        """The last `size` characters of the lowered text."""
+        parts, count = [], 0
+        for piece in reversed(self.pieces):
+            parts.append(piece[-(size - count) :])
+            count += len(parts[-1])
+            if count >= size:
+                break
+        return "".join(reversed(parts))
+
+    def _lengthened(self, text: str) -> str:
+        parts, at, size = [], self.lowered.end, self.written.end
+        for char in text:
+            parts.append(char.lower())
+            if len(parts[-1]) != 1:
+                self.marks.append((at + len(parts[-1]), size + 1, at))
+            at, size = at + len(parts[-1]), size + 1
+        return "".join(parts)
 
     def _match(self, signal: int) -> None:
         if signal in self.matched:
@@ -380,7 +390,8 @@ class _Reading:
             if at + 1 < len(self.marks) and self.marks[at + 1][2] < lowered:
                 mapped = self.marks[at + 1][1] - 1
             lowered = mapped
-        return min(lowered, self.written.frontier)
+        written = self.written.frontier
+        return lowered if lowered < written else written
 
     @property
     def hits(self) -> set[int]:
@@ -406,17 +417,13 @@ class _ScoreStream:
 
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         self.pending += text
-        for index, run in self.plain.feed(text, final):
-            encoding = ("base64", "hex")[index]
-            decoded = _decode(encoding, run)
-            found = (
-                frozenset(i for i, s in enumerate(self.signals) if s.hit(decoded, decoded.lower())) if decoded else ()
-            )
-            if found:
-                self.payloads.append((encoding, frozenset(found)))
+        plain = self.plain
+        runs = plain.feed(text, final)
+        if runs:
+            self._decode(runs)
         if self.rot13 is None:
             self.before_rot13.append(text)
-            window = self.tail + text.lower()
+            window = self.tail + plain.pieces[-1]
             self.tail = window[-20:]
             if _ROT13_GATE.search(window):  # from here on the rot13 reading counts, the text before it too
                 self.rot13 = _Reading(self.tables, self.tables.cased)
@@ -424,15 +431,24 @@ class _ScoreStream:
                 self.before_rot13 = []
         else:
             self.rot13.feed(codecs.encode(text, "rot13"), final)
-        if self.plain.matched or self.payloads or self.rot13 is not None:
+        if plain.matched or self.payloads or self.rot13 is not None:
             value, hits = self._score()
             if value >= self.rail.threshold:
                 reason = f"injection score {value:.2f} >= {self.rail.threshold:.2f} ({', '.join(hits)})"
                 return "", Verdict.block(reason)
-        frontier = self.plain.frontier() if self.rot13 is None else min(self.plain.frontier(), self.rot13.frontier())
-        out, self.pending = self.pending[: frontier - self.emitted], self.pending[frontier - self.emitted :]
-        self.emitted = frontier
-        return out, Verdict.allow()
+        frontier = plain.frontier() if self.rot13 is None else min(plain.frontier(), self.rot13.frontier())
+        cut = frontier - self.emitted
+        out, self.pending, self.emitted = self.pending[:cut], self.pending[cut:], frontier
+        return out, _ALLOW
+
+    def _decode(self, runs: list[tuple[int, str]]) -> None:
+        for index, run in runs:
+            encoding = ("base64", "hex")[index]
+            decoded = _decode(encoding, run)
+            if decoded:
+                found = frozenset(i for i, s in enumerate(self.signals) if s.hit(decoded, decoded.lower()))
+                if found:
+                    self.payloads.append((encoding, found))
 
     def _score(self) -> tuple[float, list[str]]:
         """As `score` computes it, from what is decided."""
@@ -445,3 +461,6 @@ class _ScoreStream:
                 total += signals[i].weight + ENCODED_BONUS
                 names.append(f"{encoding}:{signals[i].name}")
         return min(total, 1.0), names
+
+
+_ALLOW = Verdict.allow()

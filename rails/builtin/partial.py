@@ -169,7 +169,8 @@ def parse(source: str, flags: int = 0) -> Parsed:
     """Raises `Unsupported` (no touching form) or `re.error`."""
     regex = re.compile(source, flags)
     tree = P.parse(source, flags)
-    items, global_flags = list(tree), tree.state.flags & (re.IGNORECASE | re.MULTILINE | re.DOTALL | re.ASCII)
+    items = list(tree)
+    global_flags = _flags(items, tree.state.flags & (re.IGNORECASE | re.MULTILINE | re.DOTALL | re.ASCII))
     touching = _touch(items)
     touching_regex = None if touching is None else re.compile(rf"{touching}\Z", global_flags)
     return Parsed(regex, items, global_flags, touching_regex, _behind(items))
@@ -209,6 +210,8 @@ def _leads(items: list[tuple[Any, Any]], limit: int = 32) -> list[tuple[list[tup
             pending.extend(([*branch, *rest], behind, only) for branch in av[1])
         elif op is C.SUBPATTERN and not av[1] and not av[2]:
             pending.append(([*av[3], *rest], behind, only))
+        elif op is C.SUBPATTERN and (opened := _open_scoped(av[1], av[2], list(av[3]))) is not None:
+            pending.append(([*opened, *rest], behind, only))
         elif op is C.ATOMIC_GROUP:
             pending.append(([*av, *rest], behind, only))
         elif op in _REPEATS:
@@ -227,30 +230,104 @@ def _leads(items: list[tuple[Any, Any]], limit: int = 32) -> list[tuple[list[tup
     return done
 
 
+_FOLDS = {"i": "\u0130\u0131", "s": "\u017f", "k": "\u212a"}  # what else IGNORECASE matches to an ASCII letter
+
+
+def _cases(char: str) -> tuple[Any, Any]:
+    """A character class of what `char` matches under IGNORECASE, for an ASCII letter."""
+    variants = sorted({char.lower(), char.upper(), *_FOLDS.get(char.lower(), "")})
+    return (C.IN, [(C.LITERAL, ord(v)) for v in variants])
+
+
+def _open_scoped(add: int, delete: int, body: list[tuple[Any, Any]]) -> list[tuple[Any, Any]] | None:
+    """The items of `(?add-delete:body)` with the flags pushed down onto each, the first made free of them
+    where that changes nothing it matches (a character they do not affect; an ASCII letter under IGNORECASE as
+    the class of its cases), or opened further; None when it cannot be."""
+    if not body:
+        return []
+    (op, av), more = body[0], body[1:]
+    tail = [(C.SUBPATTERN, (None, add, delete, more))] if more else []
+    ignore = add & re.IGNORECASE
+    if op in (C.LITERAL, C.NOT_LITERAL) and (not ignore or chr(av).lower() == chr(av).upper()):
+        return [(op, av), *tail]
+    if op is C.LITERAL and chr(av).isascii() and chr(av).isalpha():
+        return [_cases(chr(av)), *tail]
+    if op is C.IN and not ignore:
+        return [(op, av), *tail]
+    if op is C.ANY:
+        return [_ANYCHAR if add & re.DOTALL else (C.NOT_LITERAL, 10) if delete & re.DOTALL else (op, av), *tail]
+    if op is C.BRANCH:
+        return [(C.BRANCH, (None, [[(C.SUBPATTERN, (None, add, delete, list(b)))] for b in av[1]])), *tail]
+    if op in _REPEATS:
+        return [(op, (av[0], av[1], [(C.SUBPATTERN, (None, add, delete, list(av[2])))])), *tail]
+    if op is C.SUBPATTERN:
+        inner_add, inner_delete = (add & ~av[2]) | av[1], (delete & ~av[1]) | av[2]
+        return [(C.SUBPATTERN, (None, inner_add, inner_delete, list(av[3]))), *tail]
+    return None
+
+
+def _uses(items: Sequence[tuple[Any, Any]], ops: set[Any]) -> bool:
+    """Whether `items` hold an item whose op (or, for AT, whose anchor) is in `ops`, at any depth."""
+    for op, av in items:
+        if op in ops or (op is C.AT and av in ops):
+            return True
+        if op is C.BRANCH and any(_uses(branch, ops) for branch in av[1]):
+            return True
+        if (op is C.SUBPATTERN and _uses(av[3], ops)) or (op is C.ATOMIC_GROUP and _uses(av, ops)):
+            return True
+        if (op in _REPEATS and _uses(av[2], ops)) or (op in (C.ASSERT, C.ASSERT_NOT) and _uses(av[1], ops)):
+            return True
+    return False
+
+
+def _flags(items: Sequence[tuple[Any, Any]], flags: int) -> int:
+    """`flags` less those that change nothing in `items` (DOTALL without `.`, MULTILINE without `^`, `$`)."""
+    if not _uses(items, {C.ANY}):
+        flags &= ~re.DOTALL
+    if not _uses(items, {C.AT_BEGINNING, C.AT_END}):
+        flags &= ~re.MULTILINE
+    return flags
+
+
 def _joint(members: list[Parsed], flags: int) -> tuple[str, str]:
     """(a superset of the members' matches, a superset of their touching rests anchored at the end) as two
     regexes under `flags` whose alternatives start, where they can, with a character (grouped by the first
-    literal); a member with other flags is wrapped in a scoped group."""
+    literal); what a member needs other flags for is wrapped in a scoped group."""
     matches: dict[str | None, list[str]] = {}
     rests: dict[str | None, list[str]] = {}
     for member in members:
         add, drop = _letters(member.flags & ~flags), _letters(flags & ~member.flags)
-        scoped = f"(?{add}{'-' + drop if drop else ''}:" if add or drop else ""
+        scope, close = (f"(?{add}{'-' + drop if drop else ''}:", ")") if add or drop else ("", "")
         for seq, only in _leads(member.items):
             op, av = seq[0] if seq else (None, None)
-            key = chr(av) if op is C.LITERAL and not scoped else None
-            if op in _CHAR and not scoped:
-                head, after = _emit_one(op, av, True), _touch(seq[1:])
+            if op is C.LITERAL and member.flags & re.IGNORECASE and chr(av).lower() == chr(av).upper():
+                ignore = False  # a character without case: the same under any flags
+            elif op is C.LITERAL and member.flags & re.IGNORECASE and chr(av).isascii() and chr(av).isalpha():
+                (op, av), ignore = _cases(chr(av)), False
+            else:
+                ignore = op in (C.LITERAL, C.NOT_LITERAL, C.IN) and member.flags & re.IGNORECASE
+            # the first character outside the scope when the group's flags match at least what it matches
+            outside = op in _CHAR and not (
+                (ignore and not flags & re.IGNORECASE)
+                or (op is C.ANY and member.flags & re.DOTALL and not flags & re.DOTALL)
+            )
+            if outside:
+                key = chr(av) if op is C.LITERAL and not (ignore or flags & re.IGNORECASE) else None
+                head, after = ("" if key else _emit_one(op, av, True)), _touch(seq[1:])
                 if not only:
-                    matches.setdefault(key, []).append((head if key is None else "") + _emit(seq[1:], True))
+                    matches.setdefault(key, []).append(f"{head}{scope}{_emit(seq[1:], True)}{close}")
                 if after is not None:
-                    rests.setdefault(key, []).append((head if key is None else "") + after)
+                    rests.setdefault(key, []).append(f"{head}{scope}{after}{close}")
                 continue
-            touching = _touch(seq)
+            if op in _CHAR:  # led by a character the group's flags would not match right: in the scope
+                after = _touch(seq[1:])
+                touching = None if after is None else _emit_one(op, av, True) + after
+            else:
+                touching = _touch(seq)
             if not only:
-                matches.setdefault(None, []).append(f"{scoped}{_emit(seq, True)}{')' if scoped else ''}")
+                matches.setdefault(None, []).append(f"{scope}{_emit(seq, True)}{close}")
             if touching is not None:
-                rests.setdefault(None, []).append(f"{scoped}{touching}{')' if scoped else ''}")
+                rests.setdefault(None, []).append(f"{scope}{touching}{close}")
 
     def factor(groups: dict[str | None, list[str]]) -> str:
         parts = [*groups.get(None, ())]
@@ -270,22 +347,41 @@ class _Group:
     def __init__(self, parsed: list[Parsed], indices: list[int], fanout: int = 6) -> None:
         self.indices = indices
         self.parts: list[_Group] = []
-        self.any: re.Pattern[str] | None = None
-        self.touch: re.Pattern[str] | None = None
+        self.both: re.Pattern[str] | None = None  # `(touching rests)|matches`: one search finds the first of either
         if len(indices) == 1:
             return
         counts: dict[int, int] = {}
         for i in indices:
             counts[parsed[i].flags] = counts.get(parsed[i].flags, 0) + 1
-        flags = max(counts, key=counts.__getitem__)
+        flags = max(counts, key=counts.__getitem__) & ~re.IGNORECASE  # IGNORECASE would hide first characters
         if any(parsed[i].flags & re.ASCII != flags & re.ASCII for i in indices):  # ASCII cannot be scoped off
             by_ascii = [[i for i in indices if parsed[i].flags & re.ASCII == a] for a in (0, re.ASCII)]
             self.parts = [_Group(parsed, chunk, fanout) for chunk in by_ascii if chunk]
             return
         matches, touching = _joint([parsed[i] for i in indices], flags)
-        self.any, self.touch = re.compile(matches, flags), re.compile(touching, flags)
+        self.both = re.compile(f"({touching})|{matches}", flags)
         size = -(-len(indices) // fanout)
         self.parts = [_Group(parsed, indices[i : i + size], fanout) for i in range(0, len(indices), size)]
+
+
+def literals(words: Sequence[str]) -> str:
+    """A regex for any of `words`, shaped as a tree of their letters (a search passes a position at the cost
+    of one test of its character, where an alternation of the words tests each)."""
+    tree: dict[str, Any] = {}
+    for word in words:
+        node = tree
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        branches = [re.escape(char) + emit(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+        return f"(?:{body})?" if "" in node else body
+
+    return emit(tree)
 
 
 @functools.lru_cache(maxsize=64)
@@ -322,13 +418,12 @@ class Patterns:
         return found
 
     def _scan(self, group: _Group, text: str, base: int, resume: list[int], found: list) -> None:
-        if group.any is not None:
-            low = min(resume[i] for i in group.indices) - base
-            edge = _first(group.touch, text, low)
-            match = group.any.search(text, low)
-            if match is None or match.start() >= edge:  # nothing matched before the first undecided attempt
+        if group.both is not None:
+            match = group.both.search(text, min(resume[i] for i in group.indices) - base)
+            if match is None or match.start(1) >= 0:  # nothing matched before the first undecided attempt
+                edge = base + (len(text) if match is None else match.start())
                 for index in group.indices:
-                    resume[index] = max(resume[index], base + edge)
+                    resume[index] = max(resume[index], edge)
                 return
         if group.parts:
             for part in group.parts:
@@ -379,6 +474,8 @@ class Scanner:
 
     def feed(self, piece: str, final: bool = False) -> list[tuple[int, int, int, str]]:
         """Add `piece`; the decided matches it made known, as (pattern index, start, end, text), absolute."""
+        if not (piece or final):
+            return []
         base, text, frontier = self.base, self.text, self.frontier
         if frontier - self._context > base:
             text, base = text[frontier - self._context - base :], frontier - self._context
@@ -388,14 +485,11 @@ class Scanner:
         root = self._root
         if not final and held > HOLD_SCAN and held < self._rescan:
             return []
-        if not final and root is not None and root.any is not None:
-            low = frontier - base
-            match = root.touch.search(text, low)
-            edge = len(text) if match is None else match.start()
-            match = root.any.search(text, low)
-            if match is None or match.start() >= edge:  # the common case: nothing matched, all decided to `edge`
-                self.frontier = base + edge
-                self._rescan = 0 if edge > low or held <= HOLD_SCAN else held + held // 2
+        if not final and root is not None and root.both is not None:
+            match = root.both.search(text, frontier - base)
+            if match is None or match.start(1) >= 0:  # the common case: nothing matched, all decided to the edge
+                self.frontier = edge = base + (len(text) if match is None else match.start())
+                self._rescan = 0 if edge > frontier or held <= HOLD_SCAN else held + held // 2
                 return []
         resume = self.resume
         for index, at in enumerate(resume):

@@ -83,18 +83,19 @@ JOINT = Patterns(BUILTIN)
 
 @settings(max_examples=300, deadline=None)
 @given(text=texts(size=60), start=st.integers(0, 60))
-def test_the_joint_searches_find_the_first_match_and_touching_rest_or_earlier(text, start):
+def test_when_the_joint_search_finds_no_match_first_every_pattern_is_decided_up_to_it(text, start):
     start = min(start, len(text))
-    first_match = min((m.start() for r in JOINT.regexes if (m := r.search(text, start))), default=None)
-    first_touch = min((m.start() for t in JOINT.touching if t and (m := t.search(text, start))), default=len(text))
-    groups = [JOINT.root] if JOINT.root.any is not None else JOINT.root.parts
-    for group in groups:
-        assert group.any is not None
-    joint_match = [m.start() for g in groups if (m := g.any.search(text, start))]
-    joint_touch = [m.start() for g in groups if (m := g.touch.search(text, start))]
-    if first_match is not None:
-        assert min(joint_match) <= first_match
-    assert min(joint_touch, default=len(text)) <= first_touch
+    for group in [JOINT.root] if JOINT.root.both is not None else JOINT.root.parts:
+        found = group.both.search(text, start)
+        if found is not None and found.start(1) < 0:
+            continue  # a match first: the patterns are searched one by one
+        edge = len(text) if found is None else found.start()
+        for index in group.indices:
+            match = JOINT.regexes[index].search(text, start)
+            assert match is None or match.start() >= edge
+            touching = JOINT.touching[index]
+            rest = touching.search(text, start) if touching else None
+            assert rest is None or rest.start() >= edge
 
 
 def test_prose_is_decided_up_to_its_last_word():
