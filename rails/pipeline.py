@@ -189,6 +189,7 @@ class StageStream:
         enforced = [(c, s, not (c.shadow or c.label)) for c, s in streams]  # others observe: the text passes
         self.maskers = [entry for entry in enforced if entry[0].modifies]
         self.judges = [entry for entry in enforced if not entry[0].modifies]
+        self.enforced = [index for index, (_, _, enforced) in enumerate(self.judges) if enforced]
         self.decided = [0] * len(self.judges)  # characters of the chain's output each judge has decided
         self.held, self.released = "", 0  # the chain's output not released yet; how much was
 
@@ -203,17 +204,17 @@ class StageStream:
             if enforced:
                 text = out
         held = self.held + text
-        cut = self.released + len(held)
         decided = self.decided
-        for index, (configured, stream, enforced) in enumerate(self.judges):
-            if not (text or final):
-                break
-            out, verdict = stream.feed(text, final)
-            decided[index] += len(out)
-            if verdict.action is not Action.ALLOW and self._note(configured, verdict, result):
-                self.held = held
-                return result
-            if enforced and decided[index] < cut:
+        if text or final:
+            for index, (configured, stream, _) in enumerate(self.judges):
+                out, verdict = stream.feed(text, final)
+                decided[index] += len(out)
+                if verdict.action is not Action.ALLOW and self._note(configured, verdict, result):
+                    self.held = held
+                    return result
+        cut = self.released + len(held)
+        for index in self.enforced:
+            if decided[index] < cut:
                 cut = decided[index]
         cut -= self.released
         result.content, self.held = held[:cut], held[cut:]

@@ -36,7 +36,7 @@ class _LengthStream:
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         self.size += len(text)
         if self.size > self.max_chars:
-            return "", Verdict.block(f"content is over {self.size - 1} characters, over the limit of {self.max_chars}")
+            return "", Verdict.block(f"content is {self.size} characters so far, over the limit of {self.max_chars}")
         return text, Verdict.allow()
 
 
