@@ -72,6 +72,7 @@ def load_rail_set(path: Path, tracer: Tracer | None = None, resolve: ModelResolv
     version = digest.hexdigest()[:16]
     streaming = config.streaming
     pipeline = RailPipeline(rails, tracer, version)
+    pipeline.stream(Stage.OUTPUT)  # the output rails build their stream patterns now, not on the first stream
     return RailSet(pipeline, config.refusal, streaming.window, streaming.overlap, version, files)
 
 

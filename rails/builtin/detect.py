@@ -240,6 +240,7 @@ class DetectRail:
             self._regexes = [(name, regex) for name, finder in detectors.items() for regex in regexes_of(finder)]
         except ValueError:
             self._regexes = []  # a detector not made of regexes: no stream
+        self._compiled: Patterns | None = None  # built on the first stream
 
     async def check(self, content: str) -> Verdict:
         findings = find_all(self.detectors, content)
@@ -251,13 +252,12 @@ class DetectRail:
         return Verdict.modify(mask(content, findings), f"masked {kinds}")
 
     def stream(self) -> RailStream | None:
-        if not self._regexes:
-            return None
-        try:
-            compiled = patterns(tuple((r.pattern.pattern, r.pattern.flags) for _, r in self._regexes))
-        except Unsupported:
-            return None
-        return _DetectStream(self, compiled)
+        if self._compiled is None and self._regexes:
+            try:
+                self._compiled = patterns(tuple((r.pattern.pattern, r.pattern.flags) for _, r in self._regexes))
+            except Unsupported:
+                self._regexes = []
+        return None if self._compiled is None else _DetectStream(self, self._compiled)
 
 
 class _DetectStream:

@@ -290,11 +290,14 @@ def _flags(items: Sequence[tuple[Any, Any]], flags: int) -> int:
 
 
 def _joint(members: list[Parsed], flags: int) -> tuple[str, str]:
-    """(a superset of the members' matches, a superset of their touching rests anchored at the end) as two
-    regexes under `flags` whose alternatives start, where they can, with a character (grouped by the first
-    literal); what a member needs other flags for is wrapped in a scoped group."""
-    matches: dict[str | None, list[str]] = {}
-    rests: dict[str | None, list[str]] = {}
+    """One regex under `flags` for a superset of the members' matches and of their touching rests (each of
+    those in a capturing group, anchored at the end): alternatives grouped by their first character, which
+    they start with where they can, so that a search tries few at each position; `lastindex` tells a
+    touching rest (a group) from a match. What a member needs other flags for is in a scoped group. And one
+    for the matches alone (at the end of a stream, when nothing touches the end any more)."""
+    heads: dict[str, tuple[list[str], list[str]]] = {}  # first character -> (match rests, touching rests)
+    others: list[str] = []
+    alone: list[str] = []  # the matches alone
     for member in members:
         add, drop = _letters(member.flags & ~flags), _letters(flags & ~member.flags)
         scope, close = (f"(?{add}{'-' + drop if drop else ''}:", ")") if add or drop else ("", "")
@@ -312,12 +315,13 @@ def _joint(members: list[Parsed], flags: int) -> tuple[str, str]:
                 or (op is C.ANY and member.flags & re.DOTALL and not flags & re.DOTALL)
             )
             if outside:
-                key = chr(av) if op is C.LITERAL and not (ignore or flags & re.IGNORECASE) else None
-                head, after = ("" if key else _emit_one(op, av, True)), _touch(seq[1:])
+                matches, rests = heads.setdefault(_emit_one(op, av, True), ([], []))
+                after = _touch(seq[1:])
                 if not only:
-                    matches.setdefault(key, []).append(f"{head}{scope}{_emit(seq[1:], True)}{close}")
+                    matches.append(f"{scope}{_emit(seq[1:], True)}{close}")
+                    alone.append(_emit_one(op, av, True) + matches[-1])
                 if after is not None:
-                    rests.setdefault(key, []).append(f"{head}{scope}{after}{close}")
+                    rests.append(f"{scope}{after}{close}")
                 continue
             if op in _CHAR:  # led by a character the group's flags would not match right: in the scope
                 after = _touch(seq[1:])
@@ -325,18 +329,15 @@ def _joint(members: list[Parsed], flags: int) -> tuple[str, str]:
             else:
                 touching = _touch(seq)
             if not only:
-                matches.setdefault(None, []).append(f"{scope}{_emit(seq, True)}{close}")
+                others.append(f"{scope}{_emit(seq, True)}{close}")
+                alone.append(others[-1])
             if touching is not None:
-                rests.setdefault(None, []).append(f"{scope}{touching}{close}")
-
-    def factor(groups: dict[str | None, list[str]]) -> str:
-        parts = [*groups.get(None, ())]
-        parts += [re.escape(key) + (f"(?:{'|'.join(alts)})" if len(alts) > 1 else alts[0])
-                  for key, alts in groups.items() if key is not None]  # fmt: skip
-        return "|".join(parts)
-
-    touching = factor(rests)
-    return factor(matches) or "(?!)", rf"(?:{touching})\Z" if touching else r"(?!)"
+                others.append(f"({scope}{touching}{close})\\Z")
+    for head, (matches, rests) in heads.items():
+        options = [*matches, *([f"({'|'.join(rests)})\\Z"] if rests else [])]
+        if options:
+            others.append(head + (options[0] if len(options) == 1 else f"(?:{'|'.join(options)})"))
+    return "|".join(others) or "(?!)", "|".join(alone) or "(?!)"
 
 
 class _Group:
@@ -344,10 +345,11 @@ class _Group:
     position where one of them runs into the end, they are all decided up to there (the common case);
     otherwise the group's parts are searched, down to single patterns."""
 
-    def __init__(self, parsed: list[Parsed], indices: list[int], fanout: int = 6) -> None:
+    def __init__(self, parsed: list[Parsed], indices: list[int], fanout: int = 6, root: bool = True) -> None:
         self.indices = indices
         self.parts: list[_Group] = []
-        self.both: re.Pattern[str] | None = None  # `(touching rests)|matches`: one search finds the first of either
+        self.both: re.Pattern[str] | None = None  # matches and (touching rests): a search finds the first of either
+        self.any: re.Pattern[str] | None = None  # the matches alone
         if len(indices) == 1:
             return
         counts: dict[int, int] = {}
@@ -356,12 +358,13 @@ class _Group:
         flags = max(counts, key=counts.__getitem__) & ~re.IGNORECASE  # IGNORECASE would hide first characters
         if any(parsed[i].flags & re.ASCII != flags & re.ASCII for i in indices):  # ASCII cannot be scoped off
             by_ascii = [[i for i in indices if parsed[i].flags & re.ASCII == a] for a in (0, re.ASCII)]
-            self.parts = [_Group(parsed, chunk, fanout) for chunk in by_ascii if chunk]
+            self.parts = [_Group(parsed, chunk, fanout, root) for chunk in by_ascii if chunk]
             return
-        matches, touching = _joint([parsed[i] for i in indices], flags)
-        self.both = re.compile(f"({touching})|{matches}", flags)
-        size = -(-len(indices) // fanout)
-        self.parts = [_Group(parsed, indices[i : i + size], fanout) for i in range(0, len(indices), size)]
+        joint, alone = _joint([parsed[i] for i in indices], flags)
+        self.both = re.compile(joint, flags)
+        self.any = re.compile(alone, flags) if root else None
+        size = 1 if len(indices) <= 2 * fanout else -(-len(indices) // fanout)  # two levels above the patterns
+        self.parts = [_Group(parsed, indices[i : i + size], fanout, False) for i in range(0, len(indices), size)]
 
 
 def literals(words: Sequence[str]) -> str:
@@ -409,25 +412,28 @@ class Patterns:
         (the end of `text` when `final`) and return the decided matches found on the way, as
         (pattern index, match on `text`)."""
         found: list[tuple[int, re.Match[str]]] = []
-        if final:
-            for index, regex in enumerate(self.regexes):
-                found.extend((index, m) for m in regex.finditer(text, resume[index] - base))
-                resume[index] = base + len(text)
-        elif self.root is not None:
-            self._scan(self.root, text, base, resume, found)
+        if self.root is not None:
+            self._scan(self.root, text, base, resume, found, final)
         return found
 
-    def _scan(self, group: _Group, text: str, base: int, resume: list[int], found: list) -> None:
-        if group.both is not None:
-            match = group.both.search(text, min(resume[i] for i in group.indices) - base)
-            if match is None or match.start(1) >= 0:  # nothing matched before the first undecided attempt
+    def _scan(self, group: _Group, text: str, base: int, resume: list[int], found: list, final: bool) -> None:
+        joint = group.any if final else group.both
+        if joint is not None:
+            pos = min(resume[i] for i in group.indices) - base
+            match = joint.search(text, pos)
+            if match is None or match.lastindex:  # nothing matched before the first undecided attempt
                 edge = base + (len(text) if match is None else match.start())
                 for index in group.indices:
                     resume[index] = max(resume[index], edge)
                 return
         if group.parts:
             for part in group.parts:
-                self._scan(part, text, base, resume, found)
+                self._scan(part, text, base, resume, found, final)
+            return
+        if final:
+            for index in group.indices:
+                found.extend((index, m) for m in self.regexes[index].finditer(text, resume[index] - base))
+                resume[index] = base + len(text)
             return
         for index in group.indices:
             regex, touching = self.regexes[index], self.touching[index]
@@ -477,20 +483,25 @@ class Scanner:
         if not (piece or final):
             return []
         base, text, frontier = self.base, self.text, self.frontier
-        if frontier - self._context > base:
+        if frontier - self._context - base > 64:  # drop what no look-behind reads any more, now and then
             text, base = text[frontier - self._context - base :], frontier - self._context
             self.base = base
         self.text = text = text + piece
         held = base + len(text) - frontier
         root = self._root
-        if not final and held > HOLD_SCAN and held < self._rescan:
-            return []
-        if not final and root is not None and root.both is not None:
-            match = root.both.search(text, frontier - base)
-            if match is None or match.start(1) >= 0:  # the common case: nothing matched, all decided to the edge
-                self.frontier = edge = base + (len(text) if match is None else match.start())
-                self._rescan = 0 if edge > frontier or held <= HOLD_SCAN else held + held // 2
+        if final:
+            if root is not None and root.any is not None and root.any.search(text, frontier - base) is None:
+                self.frontier = base + len(text)
                 return []
+        else:
+            if held > HOLD_SCAN and held < self._rescan:
+                return []
+            if root is not None and root.both is not None:
+                match = root.both.search(text, frontier - base)
+                if match is None or match.lastindex:  # the common case: no match, all decided to the edge
+                    self.frontier = edge = base + (len(text) if match is None else match.start())
+                    self._rescan = 0 if edge > frontier or held <= HOLD_SCAN else held + held // 2
+                    return []
         resume = self.resume
         for index, at in enumerate(resume):
             resume[index] = max(at, frontier)

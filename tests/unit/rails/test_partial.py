@@ -87,7 +87,7 @@ def test_when_the_joint_search_finds_no_match_first_every_pattern_is_decided_up_
     start = min(start, len(text))
     for group in [JOINT.root] if JOINT.root.both is not None else JOINT.root.parts:
         found = group.both.search(text, start)
-        if found is not None and found.start(1) < 0:
+        if found is not None and not found.lastindex:
             continue  # a match first: the patterns are searched one by one
         edge = len(text) if found is None else found.start()
         for index in group.indices:
