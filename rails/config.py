@@ -74,8 +74,9 @@ class Stages(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class StreamingSpec(msgspec.Struct, forbid_unknown_fields=True):
-    """Output rails on streams: text is checked in windows of `window` characters and the last
-    `overlap` characters are held back; a phrase or entity up to `overlap` long never leaks in part."""
+    """Output rails on streams whose rails cannot report a frontier (`Rail.stream`; e.g. NeMo): text is
+    checked in windows of `window` characters and the last `overlap` characters are held back; a phrase or
+    entity up to `overlap` long never leaks in part. Built-in rails hold back only what could still match."""
 
     window: Annotated[int, msgspec.Meta(ge=1)] = 64
     overlap: Annotated[int, msgspec.Meta(ge=0)] = 128
