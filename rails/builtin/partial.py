@@ -12,11 +12,13 @@ never touches. It ignores which alternative the engine prefers and whether a rep
 possessive, so it over-approximates: it may hold a little more than needed, never less. Back-references and
 conditional groups have no touching form (`Unsupported`): a rail with one cannot stream.
 
-`Patterns.scan` runs a set of patterns over a text from each one's resume position, as `finditer` on the whole
-text would, and returns the decided matches and the *frontier*: the earliest attempt not yet decided. No match
-that starts before the frontier can change, whatever follows. One regex search over the undecided tail answers
+A `Scanner` runs a set of patterns over a growing text from each one's resume position, as `finditer` on the
+whole text would, and reports the decided matches and the *frontier*: the earliest attempt not yet decided. No
+match that starts before the frontier can change, whatever follows. One search over the undecided tail answers
 the common case (nothing matched: the frontier is where some pattern is half-way through, typically the last
-word); only when something matched does each pattern scan on its own.
+word), with a joint regex of every pattern's matches and touching rests (supersets, rewritten to start with a
+character and grouped by it, so that a position costs a few character tests); only when it finds a match do
+smaller groups, then single patterns, scan on their own.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ _AT = {C.AT_BEGINNING: "^", C.AT_BEGINNING_STRING: r"\A", C.AT_BOUNDARY: r"\b", 
 _AT_TOUCH = {C.AT_BOUNDARY: "", C.AT_NON_BOUNDARY: "", C.AT_END_STRING: "", C.AT_END: r"\n?"}  # `$`: end or "\n" end
 _LETTERS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.ASCII, "a"))
 _REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT)
+_CHAR = (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN)
+_BACKWARD = (C.AT_BEGINNING, C.AT_BEGINNING_STRING, C.AT_BOUNDARY, C.AT_NON_BOUNDARY)
+_ANYCHAR = (C.IN, [(C.CATEGORY, C.CATEGORY_SPACE), (C.CATEGORY, C.CATEGORY_NOT_SPACE)])
+_FOLDS = {"i": "\u0130\u0131", "s": "\u017f", "k": "\u212a"}  # what else IGNORECASE matches to an ASCII letter
 
 
 def _letters(flags: int) -> str:
@@ -176,18 +182,11 @@ def parse(source: str, flags: int = 0) -> Parsed:
     return Parsed(regex, items, global_flags, touching_regex, _behind(items))
 
 
-_CHAR = (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN)
-_BACKWARD = (C.AT_BEGINNING, C.AT_BEGINNING_STRING, C.AT_BOUNDARY, C.AT_NON_BOUNDARY)
-
-
-_ANYCHAR = (C.IN, [(C.CATEGORY, C.CATEGORY_SPACE), (C.CATEGORY, C.CATEGORY_NOT_SPACE)])
-
-
 def _leads(items: list[tuple[Any, Any]], limit: int = 32) -> list[tuple[list[tuple[Any, Any]], bool]]:
     """Sequences whose union holds `items`' matches and touching rests, as (sequence, touching only), each
     led by a character where that can be done: groups are opened, branches split, repeats unrolled once, a
-    leading look-ahead split off (its touching rests), and look-behinds, `\b` and `^` in front are moved
-    behind the first character (`\bx` is `x(?<=\b.)`). A joint search over them then passes a position at
+    leading look-ahead split off (its touching rests), and look-behinds, `\\b` and `^` in front are moved
+    behind the first character (`\\bx` is `x(?<=\\b.)`). A joint search over them then passes a position at
     the cost of one character test."""
     pending: list[tuple[list, list, bool]] = [(items, [], False)]
     done: list[tuple[list, bool]] = []
@@ -228,9 +227,6 @@ def _leads(items: list[tuple[Any, Any]], limit: int = 32) -> list[tuple[list[tup
         else:
             done.append(([*behind, *seq], only))
     return done
-
-
-_FOLDS = {"i": "\u0130\u0131", "s": "\u017f", "k": "\u212a"}  # what else IGNORECASE matches to an ASCII letter
 
 
 def _cases(char: str) -> tuple[Any, Any]:
