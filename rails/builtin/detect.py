@@ -63,25 +63,45 @@ def _digit_windows(text: str, margin: int = 8) -> list[tuple[int, str]]:
             windows[-1] = (windows[-1][0], end)
         else:
             windows.append((start, end))
-    cut = []
+    cut: list[tuple[int, int]] = []
     for start, end in windows:
         start = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start), -1) + 1
         stop = min((i for i in (text.find(" ", end), text.find("\n", end)) if i >= 0), default=len(text))
-        cut.append((start, text[start:stop]))
-    return cut
+        if cut and start <= cut[-1][1]:  # cut back to the same whitespace: one segment, scanned once
+            cut[-1] = (cut[-1][0], max(stop, cut[-1][1]))
+        else:
+            cut.append((start, stop))
+    return [(start, text[start:stop]) for start, stop in cut]
 
 
 class _NearDigits:
-    """For detectors whose matches start within 3 characters of a digit and end within `margin` characters
-    after their last digit (cards, phones, IDs; `margin` 40 for an IBAN's letter groups): scan only those
-    parts of the text, cut at whitespace, which finds what a scan of the whole text finds."""
+    """For detectors whose matches start within 3 characters of a digit and end within 8 characters after
+    their last digit (cards, phones, IDs): scan only those parts of the text, cut at whitespace, which finds
+    what a scan of the whole text finds."""
 
-    def __init__(self, inner: _Regex, margin: int = 8) -> None:
-        self.inner, self.margin = inner, margin
+    def __init__(self, inner: _Regex) -> None:
+        self.inner = inner
 
     def __call__(self, text: str) -> list[Span]:
-        windows = _digit_windows(text, self.margin)
-        return [(s + offset, e + offset) for offset, segment in windows for s, e in self.inner(segment)]
+        return [(s + offset, e + offset) for offset, segment in _digit_windows(text) for s, e in self.inner(segment)]
+
+
+class _Led:
+    """For a detector whose every match starts with `lead` (an IBAN: two capitals, two digits): its regex is
+    tried only where `lead` occurs, in order, as a scan of the whole text would (a match's letter groups may
+    run far past its digits, which scanning near digits would cut)."""
+
+    def __init__(self, inner: _Regex, lead: str) -> None:
+        self.inner, self.lead = inner, re.compile(f"(?={lead})")
+
+    def __call__(self, text: str) -> list[Span]:
+        spans, end, pattern, valid = [], 0, self.inner.pattern, self.inner.valid
+        for candidate in self.lead.finditer(text):
+            if candidate.start() >= end and (match := pattern.match(text, candidate.start())):
+                end = match.end()
+                if valid is None or valid(match.group()):
+                    spans.append(match.span())
+        return spans
 
 
 class _Either:
@@ -97,7 +117,7 @@ def regexes_of(finder: Finder) -> list[_Regex]:
     is not made of them (it cannot run on a stream)."""
     if isinstance(finder, _Regex):
         return [finder]
-    if isinstance(finder, _NearDigits):
+    if isinstance(finder, (_NearDigits, _Led)):
         return [finder.inner]
     if isinstance(finder, _Either):
         return [regex for inner in finder.finders for regex in regexes_of(inner)]
@@ -192,7 +212,9 @@ SECRETS: dict[str, Finder] = {
 PII: dict[str, Finder] = {
     "EMAIL": _Regex(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b", needs=("@",)),
     "CARD": _NearDigits(_Regex(r"\b(?:\d[ \-]?){12,18}\d\b", valid=luhn_ok)),
-    "IBAN": _NearDigits(_Regex(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", valid=iban_ok), 40),
+    "IBAN": _Led(
+        _Regex(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", valid=iban_ok), r"[A-Z]{2}\d{2}"
+    ),
     "US_SSN": _NearDigits(_Regex(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b", needs=("-",))),
     "UK_NINO": _NearDigits(_Regex(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b")),
     # international (+CC ...), (area) local, or North American 3-3-4; dates and versions do not match
