@@ -42,7 +42,10 @@ _ALLOW = Verdict(Action.ALLOW)
 
 
 class RailStream(Protocol):
-    """One rail on one text that arrives in pieces (a streamed answer): see `Rail.stream`."""
+    """One rail on one text that arrives in pieces (a streamed answer): see `Rail.stream`. `frontier`: the
+    position in the text fed so far before which everything is decided (its length when nothing is pending)."""
+
+    frontier: int
 
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         """Take the next piece of the text (`final`: nothing follows; everything is then decided). Return the

@@ -293,6 +293,10 @@ class _DetectStream:
         self.found: list[tuple[int, int, int, str]] = []  # decided, unresolved: (start, -end, order, name)
         self.emitted = self.kept_end = 0
 
+    @property
+    def frontier(self) -> int:
+        return self.scanner.frontier
+
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         scanner = self.scanner
         decided = scanner.feed(text, final)

@@ -415,6 +415,11 @@ class _ScoreStream:
         self.tail = ""
         self.pending, self.emitted = "", 0
 
+    @property
+    def frontier(self) -> int:
+        plain = self.plain.frontier()
+        return plain if self.rot13 is None else min(plain, self.rot13.frontier())
+
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         self.pending += text
         plain = self.plain
@@ -436,7 +441,7 @@ class _ScoreStream:
             if value >= self.rail.threshold:
                 reason = f"injection score {value:.2f} >= {self.rail.threshold:.2f} ({', '.join(hits)})"
                 return "", Verdict.block(reason)
-        frontier = plain.frontier() if self.rot13 is None else min(plain.frontier(), self.rot13.frontier())
+        frontier = self.frontier
         cut = frontier - self.emitted
         out, self.pending, self.emitted = self.pending[:cut], self.pending[cut:], frontier
         return out, _ALLOW

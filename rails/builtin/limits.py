@@ -33,6 +33,10 @@ class _LengthStream:
     def __init__(self, max_chars: int) -> None:
         self.max_chars, self.size = max_chars, 0
 
+    @property
+    def frontier(self) -> int:
+        return self.size
+
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         self.size += len(text)
         if self.size > self.max_chars:
@@ -71,6 +75,10 @@ class _DenyStream:
 
     def __init__(self, scanner: Scanner, sources: list[str]) -> None:
         self.scanner, self.sources, self.emitted = scanner, sources, 0
+
+    @property
+    def frontier(self) -> int:
+        return self.scanner.frontier
 
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         found = self.scanner.feed(text, final)

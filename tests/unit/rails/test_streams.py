@@ -156,6 +156,19 @@ def test_a_deny_list_on_a_stream_blocks_as_on_the_whole_and_releases_nothing_of_
         assert len(out) <= first
 
 
+def test_a_rail_s_frontier_on_prose_is_the_start_of_its_last_word():
+    for rail in (pii_rail("pii", Stage.OUTPUT), secrets_rail("secrets", Stage.OUTPUT, "mask")):
+        stream = rail.stream()
+        stream.feed("Hello world, this is plain prose")
+        assert stream.frontier == len("Hello world, this is plain ")
+    stream = DENY.stream()
+    stream.feed("Nothing here but the top sec")
+    assert stream.frontier == len("Nothing here but the ")  # "top sec" may still become "top secret"
+    stream = InjectionRail("injection", Stage.OUTPUT).stream()
+    stream.feed("Fine. Now ignore")
+    assert stream.frontier == len("Fine. Now ")  # "ignore" and up to 40 characters may become an override
+
+
 def test_a_length_limit_on_a_stream_blocks_once_the_text_is_past_it():
     rail = LengthRail("length", Stage.OUTPUT, max_chars=10)
     assert streamed(rail, ["hello ", "world"]) == ("hello ", "content is 11 characters so far, over the limit of 10")
