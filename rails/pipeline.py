@@ -198,7 +198,7 @@ class StageStream:
         for configured, stream, enforced in self.maskers:
             if not (text or final):  # nothing new: nothing can change (`feed` is for what arrived)
                 break
-            out, verdict = stream.feed(text, final)
+            out, verdict = _fed(configured, stream, text, final)
             if verdict.action is not Action.ALLOW and self._note(configured, verdict, result):
                 return result
             if enforced:
@@ -207,7 +207,7 @@ class StageStream:
         decided = self.decided
         if text or final:
             for index, (configured, stream, _) in enumerate(self.judges):
-                out, verdict = stream.feed(text, final)
+                out, verdict = _fed(configured, stream, text, final)
                 decided[index] += len(out)
                 if verdict.action is not Action.ALLOW and self._note(configured, verdict, result):
                     self.held = held
@@ -230,6 +230,14 @@ class StageStream:
                       **_outcome(configured, verdict)}  # fmt: skip
         self.pipeline.tracer.start_span(f"apply_guardrail {rail.name}", start_time=now, attributes=attributes).end()
         return RailPipeline._record(configured, self.stage, verdict, result)
+
+
+def _fed(configured: Configured, stream: RailStream, text: str, final: bool) -> tuple[str, Verdict]:
+    """The stream's answer to the next piece; a rail that raises blocks (fail closed), as in `run`."""
+    try:
+        return stream.feed(text, final)
+    except Exception as exc:
+        return "", Verdict.block(f"rail {configured.rail.name} failed: {type(exc).__name__}")
 
 
 def _in_order(result: StageResult, rails: Sequence[Configured]) -> StageResult:

@@ -143,3 +143,75 @@ async def test_a_local_rail_gets_a_span_only_for_a_decision_and_is_listed_when_i
     stop = spans["apply_guardrail stop"]
     assert stop.attributes["gen_ai.guardrail.result"] == "block" and stop.start_time <= stop.end_time
     assert stop.parent.span_id == spans["request"].context.span_id
+
+
+class Streaming(Rail):
+    """A rail on streams that holds back its last `hold` characters and rewrites `x` to `y` when it modifies."""
+
+    def __init__(self, name, hold=0, modifies=False, block_on=None, error=None):
+        super().__init__(name, modifies=modifies, stage=Stage.OUTPUT, error=error)
+        self.hold, self.block_on = hold, block_on
+
+    def stream(self):
+        rail = self
+
+        class _Stream:
+            def __init__(self):
+                self.text, self.frontier = "", 0
+
+            def feed(self, text, final=False):
+                if rail.error:
+                    raise rail.error
+                self.text += text
+                if rail.block_on and rail.block_on in self.text:
+                    return "", Verdict.block(f"saw {rail.block_on}")
+                end = len(self.text) if final else max(self.frontier, len(self.text) - rail.hold)
+                out, self.frontier = self.text[self.frontier : end], end
+                if rail.modifies and "x" in out:
+                    return out.replace("x", "y"), Verdict.modify(out.replace("x", "y"), "x to y")
+                return out, Verdict.allow()
+
+        return _Stream()
+
+
+def run_stream(stream, pieces):
+    released, decisions = [], []
+    for index, piece in enumerate([*pieces, ""]):
+        result = stream.feed(piece, final=index == len(pieces))
+        released.append(result.content)
+        decisions += result.decisions
+        if result.blocked:
+            return released, decisions, result.blocked
+    return released, decisions, None
+
+
+def test_a_stage_streams_only_when_every_rail_can():
+    assert (
+        RailPipeline([Configured(Streaming("a")), Configured(Rail("b", stage=Stage.OUTPUT))]).stream(Stage.OUTPUT)
+        is None
+    )
+    assert RailPipeline([Configured(Streaming("a"))]).stream(Stage.OUTPUT) is not None
+
+
+def test_a_stream_releases_what_every_enforced_judge_decided_after_the_maskers():
+    mask, judge, shadow = Streaming("mask", modifies=True, hold=1), Streaming("judge", hold=3), Streaming("s", hold=99)
+    pipeline = RailPipeline([Configured(mask), Configured(judge), Configured(shadow, shadow=True)])
+    released, decisions, blocked = run_stream(pipeline.stream(Stage.OUTPUT), ["abxcd", "efx"])
+    assert blocked is None
+    assert released == ["a", "byc", "defy"]  # the masker holds 1, the judge 3 of what the masker passed on
+    assert [d.rail for d in decisions] == ["mask", "mask"]
+
+
+def test_a_shadow_masker_on_a_stream_records_and_changes_nothing():
+    pipeline = RailPipeline([Configured(Streaming("mask", modifies=True), shadow=True)])
+    released, decisions, _ = run_stream(pipeline.stream(Stage.OUTPUT), ["axb"])
+    assert "".join(released) == "axb" and decisions[0].shadow and decisions[0].action == "modify"
+
+
+def test_a_stream_rail_that_blocks_or_fails_ends_the_stream():
+    pipeline = RailPipeline([Configured(Streaming("deny", block_on="bad"))])
+    released, _, blocked = run_stream(pipeline.stream(Stage.OUTPUT), ["good ", "ba", "d"])
+    assert "".join(released) == "good ba" and blocked.reason == "saw bad"
+    pipeline = RailPipeline([Configured(Streaming("broken", error=RuntimeError("boom")))])
+    released, _, blocked = run_stream(pipeline.stream(Stage.OUTPUT), ["text"])
+    assert released == [""] and blocked.reason == "rail broken failed: RuntimeError"  # fail closed
