@@ -26,7 +26,10 @@ log = structlog.get_logger("sentrail.engine")
 
 # Flags every managed engine gets: eager mode (compiled bf16 gave wrong greedy output on CPU and starts
 # 3x slower) and the hermes tool-call parser that SmolLM2-style chat templates need.
-BASE_ARGS = ("--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+# One structured-output backend for every request: with `auto`, the first request whose schema only the
+# `guidance` backend accepts switched the engine to it, and every named or required tool call failed after.
+BASE_ARGS = ("--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+             "--structured-outputs-config", '{"backend": "xgrammar"}')  # fmt: skip
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

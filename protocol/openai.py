@@ -1,6 +1,7 @@
 """OpenAI wire structs (msgspec) and the OpenAI error body.
 
-A leaf module: it imports nothing of Sentrail, so `engines` and `rails` may use these types.
+A leaf module (with `protocol.schemas`): it imports nothing else of Sentrail, so `engines` and `rails` may use
+these types.
 Request structs ignore unknown fields (OpenAI clients send many); constraints live in the types, and
 the checks that span several fields live in `ChatCompletionRequest.validate`.
 """
@@ -13,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct, field
+
+from protocol.schemas import schema_problem
 
 NonNegFloat = Annotated[float, Meta(ge=0)]
 Temperature = Annotated[float, Meta(ge=0, le=2)]
@@ -250,6 +253,8 @@ class ChatCompletionRequest(Struct, omit_defaults=True):
         for param, schema in schemas:
             if schema is not None and depth(schema, limits.max_depth) > limits.max_depth:
                 raise RequestFieldError(f"{param} nests deeper than max_depth={limits.max_depth}.", param)
+            if schema is not None and (problem := schema_problem(schema)):
+                raise RequestFieldError(f"{param} cannot be compiled into a grammar: {problem}.", param)
 
     def tool_names(self) -> set[str]:
         return {t.function.name for t in self.tools or ()}

@@ -5,6 +5,10 @@ Persistence is an append-only file: every write is logged before it is applied, 
 decides when the log reaches the disk (`always`: before Redis answers, so an acknowledged step
 survives even a power cut; `everysec`: at most one second of writes lost on a power cut, nothing on
 a process crash). Snapshots (RDB) are off: the AOF is the record.
+
+The gateway supervises it: a server that dies (a crash, an OOM kill, kill -9) is logged and restarted on
+the same data and address with backoff; the clients' pools reconnect by themselves, and requests fail
+closed (503 `store_unavailable`) only while it is down.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class EmbeddedRedis:
         self.fsync = fsync
         self.startup_timeout_s = startup_timeout_s
         self._process: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.restarts = 0
 
     @property
     def socket_path(self) -> Path | None:
@@ -58,6 +64,33 @@ class EmbeddedRedis:
         ]  # fmt: skip
 
     async def start(self) -> str:
+        await self._launch()
+        self._watch = asyncio.create_task(self._supervise())
+        log.info("redis_embedded_started", url=self.url, dir=str(self.data_dir), appendfsync=self.fsync)
+        return self.url
+
+    async def _supervise(self) -> None:
+        """Restart the server whenever it exits without `stop` (backoff 0.5 s doubling to 10 s; reset after
+        a minute up)."""
+        delay = 0.5
+        while (process := self._process) is not None:
+            started = time.monotonic()
+            code = await process.wait()
+            if self._process is not process:  # stopped on purpose
+                return
+            log.error("redis_embedded_exited", code=code, restart_in_s=delay, restarts=self.restarts)
+            delay = 0.5 if time.monotonic() - started > 60 else delay
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            try:
+                await self._launch()
+            except (OSError, RuntimeError) as exc:
+                log.error("redis_embedded_restart_failed", error=str(exc))
+                continue
+            self.restarts += 1
+            log.warning("redis_embedded_restarted", url=self.url, restarts=self.restarts)
+
+    async def _launch(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._process = await asyncio.create_subprocess_exec(
             *self.command(),
@@ -80,11 +113,14 @@ class EmbeddedRedis:
                 await asyncio.sleep(0.05)
         finally:
             await client.aclose()
-        log.info("redis_embedded_started", url=self.url, dir=str(self.data_dir), appendfsync=self.fsync)
-        return self.url
 
     async def stop(self) -> None:
         process, self._process = self._process, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         if process is None or process.returncode is not None:
             return
         process.terminate()  # redis flushes the AOF on SIGTERM

@@ -49,7 +49,8 @@ async def test_deep_nesting_is_a_400_not_a_500(make_client):
             assert response.status_code == 400, (param, response.text[:200])
             assert response.json()["error"]["param"] == param
         schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": json.loads(nested(40))}}
-        response = await client.post(CHAT, json={"model": MODEL, "messages": json.loads(one), "response_format": schema})
+        body = {"model": MODEL, "messages": json.loads(one), "response_format": schema}
+        response = await client.post(CHAT, json=body)
         assert response.status_code == 400 and "max_depth=32" in response.json()["error"]["message"]
         ok = await client.post(CHAT, json={"model": MODEL, "messages": json.loads(one), "tools": [
             {"type": "function", "function": {"name": "f", "parameters": json.loads(nested(20))}}]})  # fmt: skip

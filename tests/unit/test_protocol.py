@@ -169,3 +169,34 @@ def test_unset_optional_fields_are_not_sent_as_null():
     sent = msgspec.json.decode(OpenAIEngine("e", "http://127.0.0.1:1", "u").upstream_body(request))
     assert sent["tools"] == [tool]  # `type` is kept even though it equals its default
     assert sent["tool_choice"] == {"function": {"name": "f"}, "type": "function"}
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        ({"type": "object", "properties": {"a": False}}, "at /properties/a: a `false` schema"),
+        ({"anyOf": [{"type": "string"}, False]}, "at /anyOf/1: a `false` schema"),
+        ({"type": "string", "enum": []}, "at /: an empty `enum`"),
+        ({"type": "integer", "minimum": 5, "maximum": 1}, "`minimum` (5) is above `maximum` (1)"),
+        ({"properties": {"s": {"type": "string", "minLength": 9, "maxLength": 2}}}, "at /properties/s: `minLength`"),
+        ({"type": "integer", "enum": [2**70]}, "the integer 1180591620717411303424 is beyond 64 bits"),
+    ],
+)
+def test_schemas_no_grammar_can_compile_are_400s(schema, problem):
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    with pytest.raises(InvalidRequest) as error:
+        decode_chat_request(body(response_format=fmt))
+    assert problem in str(error.value) and error.value.param == "response_format.json_schema.schema"
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    with pytest.raises(InvalidRequest) as error:
+        decode_chat_request(body(tools=[tool]))
+    assert error.value.param == "tools[0].function.parameters"
+
+
+def test_usual_strict_schemas_pass():
+    schema = {"type": "object", "additionalProperties": False, "required": ["a"], "unevaluatedProperties": False,
+              "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 10, "enum": [1, 2]},
+                             "t": {"type": "array", "prefixItems": [{"type": "string"}], "items": False},
+                             "n": {"not": {"type": "null"}}}}  # fmt: skip
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}}
+    assert decode_chat_request(body(response_format=fmt)).response_format is not None
