@@ -26,6 +26,14 @@ sys.path.insert(0, str(ROOT / "bench"))  # bench/: shared helpers
 from procs import stop_group, wait_ready  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
+NAMED_CALL = {  # a named tool call: the first structured-output request an engine sees decides its backend
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
+    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    "max_tokens": 8,
+}  # fmt: skip
 SENTRAIL = ROOT / ".venv" / "bin" / "sentrail"
 DEFAULT_HOME = Path(os.environ.get("SENTRAIL_HOME") or Path.home() / ".cache" / "sentrail")
 

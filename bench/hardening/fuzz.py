@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from devgateway import ROOT, DevGateway
+from devgateway import NAMED_CALL, ROOT, DevGateway
 
 HERE = Path(__file__).resolve().parent
 ST = ROOT / "bench" / ".venvs" / "fuzz" / "bin" / "st"
@@ -67,21 +67,11 @@ def run_schemathesis(gateway: DevGateway, args: argparse.Namespace, report_dir: 
     return process.returncode, time.monotonic() - started, out.read_text(errors="replace")
 
 
-WARM_UP = {
-    "model": "SmolLM2-135M-Instruct",
-    "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
-    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
-    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
-    "max_tokens": 8,
-}  # fmt: skip
-
-
 def warm_up(gateway: DevGateway) -> int:
     """One named tool call before the fuzz: the engine's first structured-output request then picks vLLM's
     xgrammar backend, which the engine keeps for its lifetime (see README: a first request that picks
     `guidance` breaks every later named/required tool call)."""
-    request = urllib.request.Request(gateway.url + "/v1/chat/completions", data=json.dumps(WARM_UP).encode(),
+    request = urllib.request.Request(gateway.url + "/v1/chat/completions", data=json.dumps(NAMED_CALL).encode(),
                                      headers={"Content-Type": "application/json"})  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=60) as response:

@@ -24,16 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from devgateway import MODEL, DevGateway
+from devgateway import MODEL, NAMED_CALL, DevGateway
 
-NAMED = {
-    "model": MODEL,
-    "messages": [{"role": "user", "content": "What's the weather in Paris?"}],
-    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
-    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
-    "max_tokens": 8,
-}  # fmt: skip
 PROPERTY = {
     "a `false` subschema": False,
     "enum: []": {"enum": []},
@@ -70,8 +62,9 @@ def main() -> int:
             print("1. a fresh engine; its first structured-output request:")
             status, error = post(gateway, with_schema(SCHEMAS["a `false` subschema"]))
             print(f"   response_format {{'properties': {{'a': false}}}} -> {status} {error}")
-            required = {**NAMED, "tool_choice": "required"}
-            for what, body in [("named tool call", NAMED), ("tool_choice required", required), ("named call", NAMED)]:
+            required = {**NAMED_CALL, "tool_choice": "required"}
+            calls = [("named tool call", NAMED_CALL), ("tool_choice required", required), ("named call", NAMED_CALL)]
+            for what, body in calls:
                 status, error = post(gateway, body)
                 found += status >= 500
                 print(f"   then a {what} -> {status} {error}")
@@ -82,14 +75,14 @@ def main() -> int:
         gateway.start()
         try:
             print("2. a fresh engine whose first structured-output request is a named tool call:")
-            print(f"   named tool call -> {post(gateway, NAMED)[0]}")
+            print(f"   named tool call -> {post(gateway, NAMED_CALL)[0]}")
             for what, schema in SCHEMAS.items():
                 status, error = post(gateway, with_schema(schema))
                 found += status >= 500
                 print(f"   response_format with {what} -> {status} {error}")
             held = gateway.log_path.read_text().count('"engine_circuit_held"')
             print(f"   engine_circuit_held log lines (the breaker counted these as engine failures): {held}")
-            print(f"   named tool call -> {post(gateway, NAMED)[0]}")
+            print(f"   named tool call -> {post(gateway, NAMED_CALL)[0]}")
         finally:
             gateway.stop()
     print(f"{found} server errors")
