@@ -201,7 +201,7 @@ def main(count: int) -> None:
 
     def with_provenance(tool: str, arguments: str) -> None:
         started = time.perf_counter()  # the keys of the call's values, and their origins (the gateway: one HMGET)
-        keys = lookup_keys(json.loads(arguments), policy.mentions)
+        keys = policy.lookup_keys([(tool, json.loads(arguments))])
         stored = ValueIndex({key: index.entries[key] for key in keys if key in index.entries}, index.texts)
         view.provenance = ProvenanceView(stored, untrusted=policy.file.provenance.untrusted)
         keys_ms.append((time.perf_counter() - started) * 1000)

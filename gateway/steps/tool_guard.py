@@ -47,7 +47,6 @@ from rails.tools.decide import (
     parse_arguments,
 )
 from rails.tools.provenance import ProvenanceView, ValueIndex
-from rails.tools.values import lookup_keys
 
 log = structlog.get_logger("sentrail.tools")
 Fetch = Callable[[set[str]], Awaitable[ValueIndex]]  # value keys -> their stored origins in the session
@@ -192,12 +191,11 @@ class Judge:
             self._view = session_view(self.pending.state, self.request.model, self.pending.new_labels)
         return self._view
 
-    async def prepare(self, arguments: list[str]) -> None:
-        """Read the stored provenance of every value these calls carry (one round trip), before deciding."""
+    async def prepare(self, calls: list[tuple[str, str]]) -> None:
+        """Read the stored provenance of every value these (tool, raw arguments) calls carry, in one round
+        trip before deciding (only for tools whose rules ask where values came from)."""
         policy = self.decider.policy
-        keys: set[str] = set()
-        for raw in arguments:
-            keys |= lookup_keys(parse_arguments(raw), policy.mentions)
+        keys = policy.lookup_keys((name, parse_arguments(raw)) for name, raw in calls)
         stored = ValueIndex()
         if self.fetch is not None and keys and not self.pending.is_new:
             stored = await self.fetch(keys)
@@ -330,7 +328,7 @@ async def judge_tool_calls(
         if delta.role or delta.content or delta.refusal:
             yield chunk
         calls = held.tool_calls()
-        await judge.prepare([c.function.arguments for c in calls])
+        await judge.prepare([(c.function.name, c.function.arguments) for c in calls])
         decisions = [judge.decide(c.id, c.function.name, c.function.arguments) for c in calls]
         await judge.save_tickets()
         released = [c for c, d in zip(calls, decisions, strict=True) if d.action == "allow"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +20,7 @@ import yaml
 
 from ..config import RailsConfigError, _line, _path_of, read_yaml
 from .provenance import field_shape
+from .values import lookup_keys
 
 Action = Literal["allow", "deny", "require_approval"]
 ROOTS = frozenset({"call", "session", "request"})
@@ -102,6 +103,20 @@ class CompiledRule(msgspec.Struct, frozen=True):
     roots: frozenset[str] = ROOTS  # the variables it reads (call, session, request): only those are built
 
 
+class ToolRules(msgspec.Struct, frozen=True):
+    """The rules for one tool, in file order, and what they read (worked out once per tool, not per call)."""
+
+    rules: list[CompiledRule]
+    roots: frozenset[str]  # the CEL variables some rule reads
+    reads_calls: bool  # some rule reads session.calls
+    reads_provenance: bool  # some rule calls a provenance function
+
+    @classmethod
+    def of(cls, rules: list[CompiledRule]) -> ToolRules:
+        return cls(rules, frozenset().union(*(r.roots for r in rules)), any(r.reads_calls for r in rules),
+                   any(r.reads_provenance for r in rules))  # fmt: skip
+
+
 class ToolPolicy(msgspec.Struct, frozen=True):
     """A loaded policy set: rules indexed by exact tool name, plus the glob rules, in file order."""
 
@@ -111,16 +126,25 @@ class ToolPolicy(msgspec.Struct, frozen=True):
     globs: list[tuple[int, CompiledRule]]
     mentions: frozenset[str] = frozenset()  # the literal words rules ask `user_mentions` about (prefetched)
     reads_provenance: bool = False  # some rule calls a provenance function: the session's values are indexed
-    resolved: dict[str, list[CompiledRule]] = msgspec.field(default_factory=dict)  # tool -> its rules, memoized
+    resolved: dict[str, ToolRules] = msgspec.field(default_factory=dict)  # tool -> its rules, memoized
 
-    def rules_for(self, tool: str) -> list[CompiledRule]:
+    def rules_for(self, tool: str) -> ToolRules:
         rules = self.resolved.get(tool)
         if rules is None:
             found = self.exact.get(tool, []) + [(i, r) for i, r in self.globs if _glob_match(r.rule.tools, tool)]
-            rules = [rule for _, rule in sorted(found, key=lambda item: item[0])]
+            rules = ToolRules.of([rule for _, rule in sorted(found, key=lambda item: item[0])])
             if len(self.resolved) < 10_000:  # bounded: tool names come from the model
                 self.resolved[tool] = rules
         return rules
+
+    def lookup_keys(self, calls: Iterable[tuple[str, Any]]) -> set[str]:
+        """The provenance index keys deciding these (tool, parsed arguments) calls may read, fetched in one
+        read before deciding; none for a tool whose rules ask nothing about provenance."""
+        keys: set[str] = set()
+        for tool, args in calls:
+            if self.rules_for(tool).reads_provenance:
+                keys |= lookup_keys(args, self.mentions)
+        return keys
 
     def labels_for_tool(self, tool: str) -> set[str]:
         return {label for pattern, labels in self.file.labels.tools.items() if fnmatch.fnmatchcase(tool, pattern)

@@ -22,7 +22,7 @@ import cel
 import jsonschema
 import msgspec
 
-from .config import ToolPolicy
+from .config import ToolPolicy, ToolRules
 from .provenance import ProvenanceView
 
 STRENGTH = {"allow": 0, "require_approval": 1, "deny": 2}
@@ -189,7 +189,7 @@ class Decider:
         rules = self.policy.rules_for(tool)
         context = None
         results = []
-        for compiled in rules:
+        for compiled in rules.rules:
             rule = compiled.rule
             matched, action, reason = True, rule.action, rule.reason or f"rule {rule.name}"
             if compiled.program is not None:
@@ -204,10 +204,10 @@ class Decider:
         return results
 
 
-def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: ToolPolicy, rules: list) -> Any:
+def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: ToolPolicy, rules: ToolRules) -> Any:
     """The CEL context of one call, with only the variables the tool's rules read (converting a variable
     into CEL costs more than most rules do)."""
-    roots = frozenset().union(*(r.roots for r in rules))
+    roots = rules.roots
     variables: dict[str, Any] = {
         "call": {"id": call_id, "name": tool, "args": args if isinstance(args, dict) else {"value": args}}
     }
@@ -218,7 +218,7 @@ def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: Tool
             "steps": view.steps,
             "call_count": sum(view.tool_counts.values()),
         }
-        if any(r.reads_calls for r in rules):
+        if rules.reads_calls:
             recent = view.calls[-policy.file.history :] if policy.file.history else []
             session["calls"] = [c.record() for c in recent]
         variables["session"] = session
@@ -229,7 +229,7 @@ def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: Tool
     context.add_function("path_under", path_under)
     context.add_function("lower", str.lower)
     context.add_function("tool_count", view.tool_counts.__getitem__)  # a function: no per-call map copy
-    if any(r.reads_provenance for r in rules):
+    if rules.reads_provenance:
         for name, function in view.provenance.functions().items():
             context.add_function(name, function)
     return context

@@ -171,9 +171,25 @@ def lookup_keys(args: Any, words_asked: Iterable[str] = ()) -> set[str]:
     rules ask `user_mentions` about. Fetched from the session's index in one read before deciding."""
     keys: set[str] = set()
     for leaf in leaves(args):
-        keys.update(value_keys(leaf))
-        for sink in sinks(leaf):
-            keys.update(value_keys(sink))
+        if isinstance(leaf, str):
+            keys.update(_leaf_keys(leaf))
+        else:
+            keys.update(value_keys(leaf))
     for word in words_asked:
         keys.update(value_keys(word))
     return keys
+
+
+@functools.lru_cache(maxsize=4096)
+def _leaf_keys(text: str) -> tuple[str, ...]:
+    """A text leaf's keys and those of each sink value inside it. A sink's keys are its own normal form,
+    found by the leaf's scan, and its words: scanning the sink's text again finds nothing more that a
+    lookup uses (a date inside a URL is a date of the leaf too)."""
+    keys = list(_string_keys(text))
+    for kind, form, written in entities(text):
+        if kind in SINK_KINDS:
+            keys.append(f"{kind}:{form}")
+            normal = words(written)
+            if normal and (len(normal) <= MAX_PHRASE or len(written) <= MAX_WHOLE):
+                keys.append("v:" + " ".join(normal))
+    return tuple(keys)

@@ -18,7 +18,6 @@ from gateway.stores.sessions import SESSION_ID
 from protocol.openai import Tool
 from rails.tools.decide import PastCall, SessionView, canonical_arguments, parse_arguments
 from rails.tools.provenance import ProvenanceView
-from rails.tools.values import lookup_keys
 
 
 class ProposedCall(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,7 +64,7 @@ async def check_tool_calls(request: Request) -> dict[str, Any]:
         if state is None:
             raise SessionNotFound(body.session_id)
         view = session_view(state, body.model, set(body.labels))
-        keys = set().union(*(lookup_keys(parse_arguments(_json(c.arguments)), policy.mentions) for c in body.calls))
+        keys = policy.lookup_keys((c.name, parse_arguments(_json(c.arguments))) for c in body.calls)
         stored = await request.app.state.sessions.provenance(key.tenant, body.session_id, keys)
         view.provenance = ProvenanceView(stored, untrusted=policy.file.provenance.untrusted)
     else:

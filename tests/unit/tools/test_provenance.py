@@ -183,3 +183,21 @@ def test_the_rules_functions_are_the_ones_the_loader_knows():
     from rails.tools.config import PROVENANCE_FUNCTIONS
 
     assert set(ProvenanceView().functions()) == PROVENANCE_FUNCTIONS
+
+
+_PIECES = st.sampled_from([
+    "https://Example.com/a/2024-05-01/x", "www.shop.io/p?id=42", "Bob.Smith@Example.COM", "a@b.co",
+    "DE89 3704 0044 0532 0130 00", "+44 20 7946 0958", "call 0044 20 7946 0958", "March 5th, 2024",
+    "2024-03-05 08:00", "see", "pay", "1,000", "42", "x.y", "(www.a.com)", "<c@d.org>", "\n", " ",
+])  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, min_size=1, max_size=8).map(" ".join))
+def test_lookup_keys_hold_every_key_a_rule_reads(text):
+    """What the decision reads (the leaf's keys, and each sink's when a rule asks about `sinks(...)`) is
+    always among the keys fetched before deciding: a key left out would read as "no origin"."""
+    keys = lookup_keys({"x": text})
+    assert set(value_keys(text)) <= keys
+    for sink in sinks(text):
+        assert set(value_keys(sink)) <= keys, sink
