@@ -132,15 +132,17 @@ class _Response:
     async def parts(self) -> AsyncIterator[bytes]:
         connection = self._connection
         while True:
-            while connection.parts:
-                yield connection.take()
+            if connection.parts:  # everything that arrived: one piece (a caller that is behind takes it at once)
+                parts = [connection.take() for _ in range(len(connection.parts))]
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                continue
             if connection.done:
                 return
             if connection.error is not None:
                 raise connection.error
             await connection.wait(self._read_timeout_s)
 
-    def lines(self) -> AsyncIterator[bytes]:
+    def lines(self) -> AsyncIterator[list[bytes]]:
         return split_lines(self.parts())
 
     async def read(self) -> bytes:

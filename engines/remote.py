@@ -27,6 +27,7 @@ from protocol.openai import (
     FunctionCallDelta,
     StreamOptions,
     ToolCallDelta,
+    merge_text_chunks,
 )
 
 from .base import EngineError, EngineRejected, EngineUnavailable
@@ -119,14 +120,24 @@ class OpenAIEngine:
                     yield _as_chunk(await response.read())
                     return
                 done = False
-                async for line in response.lines():  # read to the end: the connection is then reused
-                    if done or not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        continue
-                    yield _decode_event(data)
+                async for lines in response.lines():  # read to the end: the connection is then reused
+                    arrived, failure = [], None
+                    for line in lines:
+                        if done or not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            done = True
+                            continue
+                        try:
+                            arrived.append(_decode_event(data))
+                        except EngineError as exc:  # the events before an error event are passed on first
+                            failure = exc
+                            break
+                    for chunk in merge_text_chunks(arrived):
+                        yield chunk
+                    if failure is not None:
+                        raise failure
         except UpstreamIOError as exc:
             raise EngineUnavailable(f"engine {self.name} failed: {exc}") from exc
         finally:

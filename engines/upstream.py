@@ -28,7 +28,7 @@ class UpstreamIOError(Exception):
 class UpstreamResponse(Protocol):
     status: int
 
-    def lines(self) -> AsyncIterator[bytes]: ...
+    def lines(self) -> AsyncIterator[list[bytes]]: ...  # batches: the lines that arrived together
 
     async def read(self) -> bytes: ...
 
@@ -47,21 +47,21 @@ class Upstream(Protocol):
     ) -> contextlib.AbstractAsyncContextManager[UpstreamResponse]: ...
 
 
-async def split_lines(parts: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Byte chunks -> lines without their line ends, however long a line is (a line split over many
-    chunks is joined once, when its end arrives)."""
+async def split_lines(parts: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """Byte chunks -> the lines each chunk completes, without their line ends, as one batch (what arrived
+    together: a caller that is behind handles them at once), however long a line is (a line split over
+    many chunks is joined once, when its end arrives)."""
     partial: list[bytes] = []
     async for part in parts:
         *complete, rest = part.split(b"\n")
         if complete:
             complete[0] = b"".join((*partial, complete[0]))
             partial.clear()
-            for line in complete:
-                yield line.rstrip(b"\r")
+            yield [line.rstrip(b"\r") for line in complete]
         if rest:
             partial.append(rest)
     if partial:
-        yield b"".join(partial).rstrip(b"\r")
+        yield [b"".join(partial).rstrip(b"\r")]
 
 
 class _HttpxResponse:
@@ -69,7 +69,7 @@ class _HttpxResponse:
         self._response = response
         self.status = response.status_code
 
-    def lines(self) -> AsyncIterator[bytes]:
+    def lines(self) -> AsyncIterator[list[bytes]]:
         return split_lines(self._response.aiter_bytes())
 
     async def read(self) -> bytes:

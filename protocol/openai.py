@@ -333,6 +333,35 @@ class ChatCompletionChunk(Struct):
     usage: Usage | None = None
 
 
+def merge_text_chunks(chunks: list[ChatCompletionChunk]) -> list[ChatCompletionChunk]:
+    """Chunks that arrived together, with each run of plain text deltas (one choice, text only: no role,
+    tool call, refusal, finish or usage) of one completion joined into one chunk. A client reads the same
+    text; a gateway that fell behind its engine then passes one chunk through its rails instead of many."""
+    if len(chunks) < 2:
+        return chunks
+    merged: list[ChatCompletionChunk] = []
+    for chunk in chunks:
+        last = merged[-1] if merged else None
+        if last is not None and _plain_text(chunk) and _plain_text(last) and _same_choice(last, chunk):
+            delta = Delta(content=(last.choices[0].delta.content or "") + (chunk.choices[0].delta.content or ""))
+            merged[-1] = msgspec.structs.replace(last, choices=[ChunkChoice(delta, None, last.choices[0].index)])
+        else:
+            merged.append(chunk)
+    return merged
+
+
+def _same_choice(a: ChatCompletionChunk, b: ChatCompletionChunk) -> bool:
+    return a.id == b.id and a.choices[0].index == b.choices[0].index
+
+
+def _plain_text(chunk: ChatCompletionChunk) -> bool:
+    if len(chunk.choices) != 1 or chunk.usage is not None:
+        return False
+    choice = chunk.choices[0]
+    delta = choice.delta
+    return choice.finish_reason is None and delta.role is None and delta.tool_calls is None and delta.refusal is None
+
+
 class Model(Struct):
     id: str
     created: int

@@ -1,5 +1,9 @@
+import itertools
+
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engines.remote import OpenAIEngine
 from gateway.errors import InvalidJSON, InvalidRequest
@@ -16,6 +20,7 @@ from protocol.openai import (
     TextPart,
     ToolMessage,
     UserMessage,
+    merge_text_chunks,
 )
 from tests.doubles import text_chunks, tool_call_chunks
 
@@ -200,3 +205,52 @@ def test_usual_strict_schemas_pass():
                              "n": {"not": {"type": "null"}}}}  # fmt: skip
     fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": True}}
     assert decode_chat_request(body(response_format=fmt)).response_format is not None
+
+
+def _chunks_from(kinds: list[str]) -> list:
+    """Chunks in an order an engine may send them: "t" a text delta, "r" the role, "c" a tool-call delta,
+    "f" the finish, "u" the usage, "o" a text delta of another completion id."""
+    made = []
+    for n, kind in enumerate(kinds):
+        if kind == "t":
+            made += text_chunks(f"w{n} ")[1:2]
+        elif kind == "o":
+            made.append(msgspec.structs.replace(text_chunks(f"o{n}")[1], id="other"))
+        elif kind == "r":
+            made += text_chunks()[:1]
+        elif kind == "c":
+            made += tool_call_chunks("f", ['{"a":', "1}"])[1:2]
+        elif kind == "f":
+            made += text_chunks()[-2:-1]
+        else:
+            made += text_chunks()[-1:]
+    return made
+
+
+def test_text_deltas_that_arrived_together_are_joined():
+    chunks = _chunks_from(list("rtttcttfu"))
+    merged = merge_text_chunks(chunks)
+    texts = [(c.choices[0].delta.content if c.choices else None) for c in merged]
+    assert texts == ["", "w1 w2 w3 ", None, "w5 w6 ", None, None]
+    assert merged[0] is chunks[0] and merged[2] is chunks[4] and merged[-1] is chunks[-1]  # others untouched
+
+
+def _is_plain(chunk) -> bool:
+    choice = chunk.choices[0] if len(chunk.choices) == 1 else None
+    return bool(choice and not (chunk.usage or choice.finish_reason or choice.delta.tool_calls or choice.delta.role))
+
+
+def _text(chunks, id_: str) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.id == id_)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from("rtcfuo"), max_size=12))
+def test_joining_keeps_the_text_and_every_other_chunk(kinds):
+    chunks = _chunks_from(kinds)
+    merged = merge_text_chunks(chunks)
+    for id_ in ("chatcmpl-test", "other"):
+        assert _text(merged, id_) == _text(chunks, id_)
+    assert [c for c in merged if not _is_plain(c)] == [c for c in chunks if not _is_plain(c)]
+    for a, b in itertools.pairwise(merged):
+        assert not (_is_plain(a) and _is_plain(b) and a.id == b.id), "two joinable chunks left apart"

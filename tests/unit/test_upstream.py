@@ -28,8 +28,8 @@ async def parts(*chunks: bytes):
 
 async def test_lines_split_anywhere_and_of_any_length():
     long = b"x" * 300_000
-    lines = [line async for line in split_lines(parts(b"data: a\r", b"\n\ndata: ", long, b"\n", b"tail"))]
-    assert lines == [b"data: a", b"", b"data: " + long, b"tail"]
+    batches = [batch async for batch in split_lines(parts(b"data: a\r", b"\n\ndata: ", long, b"\n", b"tail"))]
+    assert batches == [[b"data: a", b""], [b"data: " + long], [b"tail"]]  # the lines each piece completed
 
 
 class Server:
