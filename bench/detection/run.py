@@ -28,7 +28,6 @@ from .sources import (
     agentdojo_texts,
     corpus_sources,
     harvested_sources,
-    overlap_keys,
     pyrit_sources,
     pyrit_wheel,
 )
@@ -97,7 +96,7 @@ def load_all(args: argparse.Namespace) -> tuple[list[Source], dict[str, Any]]:
     sources += agentdojo_sources(adj)
     pyrit_path = pyrit_wheel(args.cache / "pyrit")
     with zipfile.ZipFile(pyrit_path) as wheel:
-        pyrit, overlap = pyrit_sources(wheel, overlap_keys(sources))
+        pyrit, overlap = pyrit_sources(wheel, sources)
     sources += pyrit
     texts = harvest.load(args.cache / "harvest" / f"benign-seed{harvest.SEED}.jsonl", ROOT, MANIFEST)
     sources += harvested_sources(texts)

