@@ -49,7 +49,11 @@ class Root:
     kinds: tuple[str, ...]  # which sources it feeds
 
 
-def roots(repo: Path) -> list[Root]:
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("SENTRAIL_HOME") or Path.home() / ".cache" / "sentrail") / "bench" / "harvest"
+
+
+def roots(repo: Path = REPO) -> list[Root]:
     home = Path.home()
     py = home / ".pyenv" / "versions" / "3.11.7" / "lib" / "python3.11"
     rust = home / ".rustup" / "toolchains" / "stable-x86_64-unknown-linux-gnu" / "share" / "doc" / "rust" / "html"
@@ -241,3 +245,29 @@ def write_manifest(texts: list[Text], manifest: Path) -> None:
     rows = [f"{t.id}\t{t.source}\t{t.split}\t{t.package}\t{int(t.attack_topic)}\t{t.path}\t{t.offset}\t{len(t.text)}"
             for t in texts]  # fmt: skip
     manifest.write_text(header + "\n".join(rows) + "\n")
+
+
+def real_path(text: Text) -> Path:
+    """The file a text came from, on this machine."""
+    alias, _, relative = text.path.partition("/")
+    return next(r.path for r in roots() if r.alias == alias) / relative
+
+
+def show(ids: list[str], cache: Path) -> None:
+    """Print harvested texts by id, from the local harvest."""
+    texts = {t.id: t for t in load(cache, REPO)}
+    for wanted in ids:
+        t = texts.get(wanted)
+        if t is None:
+            print(f"=== {wanted}: not in {cache}")
+            continue
+        print(f"=== {t.id} {t.source} {t.split} {real_path(t)} @ {t.offset} ({len(t.text)} chars)\n{t.text}\n")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print harvested benign texts by id (see detection_dev_fp.md).")
+    parser.add_argument("--show", nargs="+", required=True, metavar="ID")
+    parser.add_argument("--cache", type=Path, default=CACHE / f"benign-seed{SEED}.jsonl")
+    show(parser.parse_args().show, parser.parse_args().cache)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .garak import NOTES as GARAK_NOTES
+from .harvest import real_path
 from .metrics import Loso, Tally, leave_one_out, pooled
 from .sources import PYRIT_REQUESTS, Source
 
@@ -244,12 +244,16 @@ def reason(result: dict[str, Any]) -> str:
 
 
 def dev_false_positives(fig: Figures) -> str:
+    """The dev half's false positives, by id, file and offset: the texts themselves are third parties' files, so
+    they are printed on demand from the local harvest (bench/detection/harvest.py --show ID ...), not committed."""
     revision = fig.revisions[0]
     lines = ["# False positives on the harvested benign set, dev half", "",
              f"Rails of `{revision.rev}` ({revision.commit}). Written by bench/detection.py: the dev half of the "
              "harvested set (packages whose name hashes even) may be read to fix false positives; the held-out half "
-             "is never shown. Each entry: the rail's reason, the file and character offset of the chunk, its length, "
-             "and the whole chunk (click to open).", ""]  # fmt: skip
+             "is never shown. Each entry: the rail's reason, the text's id, its file on this machine, the chunk's "
+             "character offset (JSON: the sub-document's index) and length. Print the texts with "
+             "`.venv/bin/python bench/detection/harvest.py --show ID ...` (the command under each section prints "
+             "all of its texts).", ""]  # fmt: skip
     for s in fig.sources:
         if s.split != "dev":
             continue
@@ -258,11 +262,12 @@ def dev_false_positives(fig: Figures) -> str:
             lines += [f"## {s.name}, {stage}: {len(hits)} of {len(s.samples)}", ""]
             for x in hits:
                 text = s.texts[x]
-                lines.append(f"- **{reason(revision.results[(stage, x)])[:160]}** — `{text.path}` @ {text.offset} "
-                             f"({len(x)} chars){' *(discusses attacks)*' if text.attack_topic else ''}")  # fmt: skip
-                fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", x)), default=0))
-                lines += ["", "  <details><summary>" + clip(x, 160).replace("<", "&lt;") + "</summary>", "",
-                          f"{fence}text", x.rstrip(), fence, "", "  </details>", ""]  # fmt: skip
+                topic = " *(discusses attacks)*" if text.attack_topic else ""
+                lines.append(f"- **{reason(revision.results[(stage, x)])[:160]}** — `{text.id}` `{real_path(text)}` "
+                             f"@ {text.offset} ({len(x)} chars){topic}")  # fmt: skip
+            if hits:
+                ids = " ".join(s.texts[x].id for x in hits)
+                lines += ["", f"    .venv/bin/python bench/detection/harvest.py --show {ids}"]
             lines.append("")
     return "\n".join(lines)
 
@@ -281,7 +286,7 @@ def build(sources: list[Source], revisions: Sequence[Revision], header: dict[str
         f"{header['harvested']} harvested benign texts. Sentrail {header['sentrail']}, Python {header['python']}.  ",
         f"{header['judgements']} distinct (stage, text) judgements per revision; the run took "
         f"{header['seconds']:.0f} s on one core (" + ", ".join(f"{r.label} rails {r.seconds:.0f} s" for r in revisions)
-        + ").", "",
+        + f"). No text is cut (the longest is {header['longest']:,} characters).", "",
         FLAGGED, "",
         "**Tuned on** (the heuristics and their thresholds were written looking at them): garak's prompt data and "
         "the bench/corpus files but holdout_*. **Held out**, evaluation only, never used to tune a pattern or a "

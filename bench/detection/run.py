@@ -105,7 +105,8 @@ def load_all(args: argparse.Namespace) -> tuple[list[Source], dict[str, Any]]:
             "pyrit_wheel": f"PyRIT {pyrit_path.name.split('-')[1]} (sha256 {sha[pyrit_path.name]})",
             "agentdojo": f"AgentDojo {adj['meta']['agentdojo']}, benchmark {adj['meta']['benchmark']}, victim model "
                          f"named as {adj['meta']['target_model']}",
-            "pyrit_overlap": overlap, "harvested": len(texts)}  # fmt: skip
+            "pyrit_overlap": overlap, "harvested": len(texts),
+            "longest": max(len(x) for s in sources for x in s.samples)}  # fmt: skip
     return sources, meta
 
 
