@@ -1,7 +1,9 @@
 """A benign set harvested from real files on this machine: documentation, HTML pages, JSON documents, code.
 
-Deterministic: roots and files are walked in sorted order, every random choice comes from a generator seeded
-with SEED and the file's path. Per source (docs, html, json, code) at most FILES_PER_PACKAGE files of each
+Deterministic: roots and files are walked in sorted order; every random choice comes from a generator seeded
+with SEED and the package's name or the file's path below its root; the final draw per source ranks texts by a
+hash of SEED and their place, so that a package installed or removed changes little else (the manifest records
+the set used). Per source (docs, html, json, code) at most FILES_PER_PACKAGE files of each
 package and CHUNKS_PER_FILE chunks of each file, then at most CAP[source] texts. Chunks are cut at paragraph
 (docs) or line (html, code) boundaries to a size drawn between MIN_CHARS and MAX_CHARS; a JSON document is
 used whole when it is short, else as sub-documents of that size (pretty or compact, as APIs send them).
@@ -54,7 +56,7 @@ CACHE = Path(os.environ.get("SENTRAIL_HOME") or Path.home() / ".cache" / "sentra
 
 
 def roots(repo: Path = REPO) -> list[Root]:
-    home = Path.home()
+    home, repo = Path.home(), repo.resolve()
     py = home / ".pyenv" / "versions" / "3.11.7" / "lib" / "python3.11"
     rust = home / ".rustup" / "toolchains" / "stable-x86_64-unknown-linux-gnu" / "share" / "doc" / "rust" / "html"
     every = ("docs", "html", "json", "code")
@@ -82,6 +84,11 @@ class Text:
     offset: int  # the chunk's place in the file (characters; JSON: index of the sub-document)
     attack_topic: bool
     text: str
+
+
+def where(root: Root, path: Path) -> str:
+    """A file's place as the manifest writes it: the same wherever the root is on a machine."""
+    return f"{root.alias}/{path.relative_to(root.path)}"
 
 
 def split_of(package: str) -> str:
@@ -205,22 +212,22 @@ def harvest(repo: Path) -> list[Text]:
         pool: list[Text] = []
         for package, files in sorted(packages.items()):
             rng = random.Random(f"{SEED}:{kind}:{package}")
-            chosen = sorted(rng.sample(files, min(FILES_PER_PACKAGE[kind], len(files))), key=lambda f: str(f[1]))
+            chosen = sorted(rng.sample(files, min(FILES_PER_PACKAGE[kind], len(files))), key=lambda f: where(*f))
             for root, path in chosen:
                 content = read(path)
                 if not content:
                     continue
-                file_rng = random.Random(f"{SEED}:{path}")
+                relative = where(root, path)
+                file_rng = random.Random(f"{SEED}:{relative}")
                 pieces = json_documents(content, file_rng) if kind == "json" else chunks(content, kind, file_rng)
                 for offset, piece in file_rng.sample(pieces, min(CHUNKS_PER_FILE[kind], len(pieces))):
                     digest = hashlib.sha256(piece.encode()).hexdigest()[:16]
-                    relative = f"{root.alias}/{path.relative_to(root.path)}"
                     pool.append(Text(digest, kind, package, split_of(package), relative, offset,
                                      bool(ATTACK_TOPIC.search(piece)), piece))  # fmt: skip
         unique = list({t.id: t for t in pool if t.id not in texts}.values())
-        rng = random.Random(f"{SEED}:{kind}")
-        for t in sorted(rng.sample(unique, min(CAP[kind], len(unique))), key=lambda t: (t.path, t.offset)):
-            texts[t.id] = t
+        unique.sort(key=lambda t: hashlib.sha256(f"{SEED}:{t.path}:{t.offset}".encode()).digest())  # a stable
+        for t in sorted(unique[: CAP[kind]], key=lambda t: (t.path, t.offset)):  # draw: a package more or less
+            texts[t.id] = t  # on the machine changes the rest of the set little
     return list(texts.values())
 
 
