@@ -253,7 +253,9 @@ def dev_false_positives(fig: Figures) -> str:
              "is never shown. Each entry: the rail's reason, the text's id, its file on this machine, the chunk's "
              "character offset (JSON: the sub-document's index) and length. Print the texts with "
              "`.venv/bin/python bench/detection/harvest.py --show ID ...` (the command under each section prints "
-             "all of its texts).", ""]  # fmt: skip
+             "all of its texts). To measure uncommitted rails against HEAD without touching the committed "
+             "results: `.venv/bin/python bench/detection.py --now worktree --baseline HEAD --out "
+             "/tmp/detection.md`.", ""]  # fmt: skip
     for s in fig.sources:
         if s.split != "dev":
             continue
