@@ -24,6 +24,7 @@ class Verdict(msgspec.Struct, frozen=True):
     action: Action
     reason: str = ""
     content: str | None = None
+    spans: tuple[tuple[int, int], ...] = ()  # where in the content it scored (character ranges), when the rail knows
 
     @classmethod
     def allow(cls) -> Verdict:
@@ -34,8 +35,8 @@ class Verdict(msgspec.Struct, frozen=True):
         return cls(Action.MODIFY, reason, content)
 
     @classmethod
-    def block(cls, reason: str) -> Verdict:
-        return cls(Action.BLOCK, reason)
+    def block(cls, reason: str, spans: tuple[tuple[int, int], ...] = ()) -> Verdict:
+        return cls(Action.BLOCK, reason, None, spans)
 
 
 _ALLOW = Verdict(Action.ALLOW)

@@ -15,6 +15,7 @@ import msgspec
 import yaml
 
 from .base import Stage
+from .builtin.classifier import ClassifierConfigError, build_classifier
 from .builtin.detect import PII, pii_rail, secrets_rail
 from .builtin.injection import InjectionRail
 from .builtin.limits import DenyRail, LengthRail
@@ -64,7 +65,23 @@ class NemoSpec(_Common, tag_field="rail", tag="nemo"):
     timeout_s: float = 10.0  # only here: the built-in rails are CPU checks that run inline (no timeout)
 
 
-RailSpec = LengthSpec | DenySpec | SecretsSpec | PiiSpec | InjectionSpec | NemoSpec
+class ClassifierSpec(_Common, tag_field="rail", tag="classifier"):
+    """A local guard model (rails/builtin/classifier.py): a Hugging Face directory or an ONNX export."""
+
+    model: str = ""  # the model directory, relative to the rails file (or absolute); never downloaded
+    labels: list[str | int] = []  # the labels that count as attacks (id2label names or indices); default: non-benign
+    threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5  # attack probability, max over windows
+    window: Annotated[int, msgspec.Meta(ge=4, le=8192)] = 512  # tokens per window, special tokens included
+    overlap: Annotated[int, msgspec.Meta(ge=0)] = 64  # tokens each window shares with the one before
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16  # windows per model call
+    max_wait_ms: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = 2.0  # how long a batch waits for more windows
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # batches run at once
+    threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0  # ONNX Runtime threads per batch (0: its default)
+    runtime: Literal["auto", "onnx", "torch"] = "auto"  # auto: ONNX Runtime when the folder has model.onnx
+    timeout_s: Annotated[float, msgspec.Meta(gt=0.0)] = 2.0  # a check that takes longer blocks (fail closed)
+
+
+RailSpec = LengthSpec | DenySpec | SecretsSpec | PiiSpec | InjectionSpec | NemoSpec | ClassifierSpec
 
 
 class Stages(msgspec.Struct, forbid_unknown_fields=True):
@@ -138,12 +155,14 @@ def load_rails(path: Path, resolve: ModelResolver | None = None) -> tuple[RailsC
                         raise NemoConfigError("`config:` is required: a NeMo Guardrails config folder")
                     nemo = load_nemo_config(nemo_folder(path, spec), spec.allow_python, resolve)
                     rail = NemoRail(name, stage, nemo, spec.max_concurrency)
+                elif isinstance(spec, ClassifierSpec):
+                    rail = build_classifier(name, stage, spec, path.parent)
                 else:
                     rail = _BUILDERS[type(spec)](spec, name, stage)
-            except NemoConfigError as exc:
-                errors.append(_entry_error(path, node, stage, index, exc))
+            except (NemoConfigError, ClassifierConfigError) as exc:
+                errors.append(_entry_error(path, node, stage, index, exc, getattr(exc, "key", None)))
                 continue
-            timeout_s = spec.timeout_s if isinstance(spec, NemoSpec) else Configured.timeout_s
+            timeout_s = spec.timeout_s if isinstance(spec, NemoSpec | ClassifierSpec) else Configured.timeout_s
             label = (spec.label or type(spec).__struct_config__.tag) if spec.action == "label" else None
             rails.append(Configured(rail, spec.shadow, timeout_s, label))
     if errors:
@@ -165,8 +184,9 @@ def read_yaml(path: Path) -> tuple[Any, Any]:
         raise RailsConfigError([f"{path}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
 
 
-def _entry_error(path: Path, node: Any, stage: Stage, index: int, exc: Exception) -> str:
-    return f"{path}:{_line(node, ['stages', stage.value, index])}: stages.{stage.value}[{index}]: {exc}"
+def _entry_error(path: Path, node: Any, stage: Stage, index: int, exc: Exception, key: str | None = None) -> str:
+    at: list[str | int] = ["stages", stage.value, index, *([key] if key else [])]
+    return f"{path}:{_line(node, at)}: stages.{stage.value}[{index}]: {exc}"
 
 
 def nemo_folder(path: Path, spec: NemoSpec) -> Path:
@@ -180,6 +200,9 @@ def referenced_files(path: Path, config: RailsConfig) -> list[Path]:
         for spec in getattr(config.stages, stage.value):
             if isinstance(spec, NemoSpec):
                 files.extend(sorted(p for p in nemo_folder(path, spec).rglob("*") if p.is_file()))
+            elif isinstance(spec, ClassifierSpec):  # what names the model (its weights are too large to hash)
+                model = (path.parent / spec.model).resolve()
+                files.extend(model / n for n in ("config.json", "tokenizer.json") if (model / n).is_file())
     return files
 
 

@@ -16,11 +16,19 @@ per microsecond-scale check cost more than the check (nine spans per step with t
 side by side on the chain's output. What all enforced judges have decided is released, so the stage's
 frontier is the earliest frontier of its rails, and the pieces released, put together, are the whole answer
 as the stage would have rewritten it at once.
+
+A rail with `action: label` that acts on a structured tool result (JSON or YAML) is asked where: the text of each
+field (string leaf or mapping key, as provenance indexes them) is judged on its own by that rail, and the decision
+names the fields that scored (`Decision.fields`), so that only the values from those fields carry the label. A
+rail that reports where it scored (`Verdict.spans`) has only the fields inside those character ranges judged
+again. When no single field scores (the detection needs text from several) or the result is not structured, the
+decision has no fields and the label covers the whole result. It costs nothing until a label rail fires.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,8 +38,10 @@ from opentelemetry import trace
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from .base import Action, Rail, RailStream, Stage, Verdict
+from .tools.provenance import structured, text_fields
 
 OFF_LOOP_CHARS = 16_384  # a local rail checks a longer text in a worker thread
+MAX_PLACED_FIELDS = 4_096  # a structured result with more text fields is labelled as a whole
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -44,6 +54,8 @@ class Decision(msgspec.Struct, frozen=True):
     shadow: bool = False
     label: str | None = None  # `action: label`: the label the detection adds
     message: int | None = None  # the request message it was about (input and tool_result stages)
+    fields: tuple[str, ...] | None = None  # `action: label` on a structured tool result: the fields (JSON paths)
+    # whose text scored, and only their values carry the label; None: the whole result
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class StageResult:
     blocked: Decision | None = None
     decisions: list[Decision] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)  # local rails that allowed (no span of their own)
+    labelled: list[tuple[Configured, Verdict]] = field(default_factory=list)  # label rails that fired
 
     @property
     def modified(self) -> bool:
@@ -106,6 +119,8 @@ class RailPipeline:
 
     async def run(self, stage: Stage, content: str) -> StageResult:
         result = await self._run(stage, content)
+        if result.labelled and stage == Stage.TOOL_RESULT and result.blocked is None:
+            await _place(result)
         if result.passed:
             trace.get_current_span().set_attribute(f"sentrail.rails.{stage.value}.passed", result.passed)
         return result
@@ -169,6 +184,7 @@ class RailPipeline:
         if verdict.action == Action.ALLOW:
             return False
         if configured.label is not None:
+            result.labelled.append((configured, verdict))
             result.decisions.append(Decision(configured.rail.name, stage.value, "label", verdict.reason,
                                              configured.shadow, configured.label))  # fmt: skip
             return False
@@ -261,6 +277,60 @@ async def _verdict(configured: Configured, content: str) -> Verdict:
         return await checking
     except Exception as exc:
         return Verdict.block(f"rail {rail.name} failed: {type(exc).__name__}")
+
+
+async def _place(result: StageResult) -> None:
+    """Name the fields of a structured tool result where each label rail scored (see the module docstring)."""
+    data = structured(result.content)
+    if data is None:
+        return
+    fields = list(text_fields(data))
+    if not fields or len(fields) > MAX_PLACED_FIELDS:
+        return
+    for configured, verdict in result.labelled:
+        candidates = _inside(fields, result.content, verdict.spans) if verdict.spans else fields
+        scored = await _scoring(configured, candidates)
+        if not scored:
+            continue
+        shown = ", ".join(scored[:8]) + (f" and {len(scored) - 8} more" if len(scored) > 8 else "")
+        for index, decision in enumerate(result.decisions):
+            if decision.rail == configured.rail.name and decision.fields is None:
+                reason = f"{decision.reason}; in {shown}"
+                result.decisions[index] = msgspec.structs.replace(decision, reason=reason, fields=tuple(scored))
+                break
+
+
+def _inside(fields: list[tuple[str, str]], content: str, spans: tuple[tuple[int, int], ...]) -> list[tuple[str, str]]:
+    """The fields whose text lies in one of the character ranges, or could not be found in the content (a YAML
+    scalar folded over lines, a JSON string written with other escapes): those are judged too."""
+    found, cursor = [], 0
+    for path, text in fields:
+        written = json.dumps(text, ensure_ascii=False)[1:-1]
+        at = content.find(written, cursor)
+        if at < 0:
+            at, written = content.find(text, cursor), text
+        if at < 0:
+            found.append((path, text))
+            continue
+        cursor, end = at + len(written), at + len(written)
+        if any(start < end and at < stop for start, stop in spans):
+            found.append((path, text))
+    return found
+
+
+async def _scoring(configured: Configured, fields: list[tuple[str, str]]) -> list[str]:
+    """The paths of the fields the rail would act on, each judged on its own text; [] when one check fails
+    (the detection cannot be placed: the label covers the whole result)."""
+    rail, texts = configured.rail, list(dict.fromkeys(text for _, text in fields if text.strip()))
+    try:
+        if configured.local:
+            verdicts = [await rail.check(text) for text in texts]
+        else:
+            verdicts = await asyncio.wait_for(asyncio.gather(*(rail.check(t) for t in texts)), configured.timeout_s)
+    except Exception:
+        return []
+    acted = {text for text, verdict in zip(texts, verdicts, strict=True) if verdict.action != Action.ALLOW}
+    return [path for path, text in fields if text in acted]
 
 
 def _outcome(configured: Configured, verdict: Verdict) -> dict[str, str | bool]:

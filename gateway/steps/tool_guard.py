@@ -91,6 +91,7 @@ class ToolGuard:
         index, and tool results that bypassed the policy (flagged, labelled, or refused by the policy)."""
         policy = self.policy
         per_message: dict[int, set[str]] = {}
+        per_field: dict[int, dict[str, tuple[str, ...]]] = {}  # message -> path -> labels of rails that scored there
         for decision in rail_decisions:
             if decision.shadow:
                 continue
@@ -99,7 +100,13 @@ class ToolGuard:
                 label = policy.label_for_rail(decision.rail)
             if label:
                 pending.new_labels.add(label)
-                per_message.setdefault(decision.message if decision.message is not None else -1, set()).add(label)
+                at = decision.message if decision.message is not None else -1
+                if decision.fields and decision.action == "label" and _one_text(request, at):
+                    fields = per_field.setdefault(at, {})
+                    for path in decision.fields:
+                        fields[path] = (*fields.get(path, ()), label)
+                else:
+                    per_message.setdefault(at, set()).add(label)
         messages = request.messages
         names = {
             c.id: c.function.name for m in messages if isinstance(m, AssistantMessage) for c in m.tool_calls or ()
@@ -128,7 +135,8 @@ class ToolGuard:
             if indexed:
                 pointed = call is not None and call.pointed
                 pending.index.add_tool_result(message_text(message.content), tool, pending.number,
-                                              policy.field_labels(tool), pointed, tuple(sorted(labels)))  # fmt: skip
+                                              policy.field_labels(tool), pointed, tuple(sorted(labels)),
+                                              per_field.get(index))  # fmt: skip
 
     def judge(
         self, request: ChatCompletionRequest, pending: PendingStep, tenant: str, approvals: ApprovalStore | None,
@@ -137,6 +145,15 @@ class ToolGuard:
         judge = Judge(self.policy, request, pending, tenant, approvals, self.tracer, fetch)
         judge.trace_content = self.trace_content
         return judge
+
+
+def _one_text(request: ChatCompletionRequest, index: int) -> bool:
+    """The message is one text (the rails judged it whole), so the field paths a rail named are those of the
+    text indexed; a result in several text parts is labelled as a whole."""
+    if not 0 <= index < len(request.messages):
+        return False
+    content = getattr(request.messages[index], "content", None)
+    return isinstance(content, str) or (isinstance(content, list) and len(content) == 1)
 
 
 BYPASS_REASONS = {"denied": "that Sentrail denied", "withheld": "that Sentrail withheld for approval",

@@ -192,20 +192,24 @@ class ValueIndex:
 
     def add_tool_result(
         self, text: str, tool: str, step: int, labels: FieldLabels, pointed: bool = False,
-        extra: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (), placed: dict[str, tuple[str, ...]] | None = None,
     ) -> None:  # fmt: skip
         """Index a tool result: each leaf of a JSON or YAML document with its path and that field's
-        labels (plus `extra`: the result's rail labels), or the text as a whole."""
+        labels (plus `extra`: the result's rail labels; plus `placed`: path -> the labels of rails that scored
+        in that field, for it and the fields under it), or the text as a whole (with every placed label too)."""
         data = structured(text)
         phrases = None if pointed else MAX_FIELD_PHRASES  # a document the user named is read like a prompt
-        if data is None:
-            origin = Origin("tool", tool, step, "", _merge(labels(""), extra), pointed)
+        everywhere = _merge(extra, tuple(label for found in (placed or {}).values() for label in found))
+        if data is None:  # nothing to place the labels on: the whole result carries them
+            origin = Origin("tool", tool, step, "", _merge(labels(""), everywhere), pointed)
             self.add_text(text, origin, phrases)
             return
-        if len(text) <= MAX_WHOLE:  # also as one text (a YAML reading of prose may have split it)
-            self.add("v:" + " ".join(words(text)), Origin("tool", tool, step, "", _merge(labels(""), extra), pointed))
+        if len(text) <= MAX_WHOLE:  # also as one text (a YAML reading of prose may have split it), with all labels
+            origin = Origin("tool", tool, step, "", _merge(labels(""), everywhere), pointed)
+            self.add("v:" + " ".join(words(text)), origin)
         for path, leaf in _paths(data, "$"):
-            origin = Origin("tool", tool, step, path, _merge(labels(path), extra), pointed)
+            own = _merge(extra, _placed(placed, path)) if placed else extra
+            origin = Origin("tool", tool, step, path, _merge(labels(path), own), pointed)
             if isinstance(leaf, str):
                 self.add_text(leaf, origin, phrases)
             else:
@@ -215,6 +219,15 @@ class ValueIndex:
 
 def _merge(labels: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(set(labels) | set(extra))) if extra else labels
+
+
+def _placed(placed: dict[str, tuple[str, ...]], path: str) -> tuple[str, ...]:
+    """The labels placed on `path` or on a field above it (`$.items[2]` covers `$.items[2].body`)."""
+    found: tuple[str, ...] = ()
+    for at, labels in placed.items():
+        if path == at or (path.startswith(at) and path[len(at)] in ".["):
+            found += labels
+    return found
 
 
 def structured(text: str) -> Any:
@@ -239,6 +252,14 @@ def structured(text: str) -> Any:
 
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def text_fields(data: Any) -> Iterator[tuple[str, str]]:
+    """(path, text) of every string field of a structured tool result, mapping keys included, by the paths the
+    index records (what a rail judges field by field to say where it scored)."""
+    for path, leaf in _paths(data, "$"):
+        if isinstance(leaf, str):
+            yield path, leaf
 
 
 def _paths(data: Any, path: str) -> Iterator[tuple[str, Any]]:

@@ -25,7 +25,7 @@ async def test_pii_is_masked_before_the_engine_sees_it(make_client, spans):
     assert steps[0]["received"][0]["content"] == "Email [EMAIL] and charge card [CARD]."  # nothing unmasked stored
     decisions = response.json()["sentrail"]["rails"]
     assert decisions == [{"rail": "input.pii", "stage": "input", "action": "modify", "reason": "masked CARD, EMAIL",
-                          "shadow": False, "label": None, "message": 0}]  # fmt: skip
+                          "shadow": False, "label": None, "message": 0, "fields": None}]  # fmt: skip
     assert steps[0]["rails"] == decisions
     finished = spans.get_finished_spans()
     assert "apply_guardrail input.pii" in [s.name for s in finished]  # a decision: its own span
