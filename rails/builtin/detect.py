@@ -16,6 +16,7 @@ import base64
 import binascii
 import functools
 import ipaddress
+import itertools
 import math
 import re
 from collections import Counter
@@ -136,6 +137,29 @@ def luhn_ok(candidate: str) -> bool:
     return total % 10 == 0
 
 
+# issuer prefixes (IIN ranges) and lengths of the card schemes: Visa, Mastercard, Amex, Discover, JCB, Diners,
+# UnionPay, Maestro; a Luhn-valid number outside them is an id (timestamps in ms, snowflake and order ids)
+_SCHEMES = (
+    (r"4", (13, 16, 19)),
+    (r"5[1-5]|2(?:2[2-9]|[3-6]\d|7[01]|720)", (16,)),
+    (r"3[47]", (15,)),
+    (r"6(?:011|5|4[4-9])", (16, 17, 18, 19)),
+    (r"35(?:2[89]|[3-8]\d)", (16, 17, 18, 19)),
+    (r"3(?:0[0-5]|[689])", (14, 15, 16, 17, 18, 19)),
+    (r"62", (16, 17, 18, 19)),
+    (r"5[06-9]|6\d", tuple(range(12, 20))),
+)
+_SCHEME_RES = [(re.compile(prefix), lengths) for prefix, lengths in _SCHEMES]
+
+
+def card_ok(candidate: str) -> bool:
+    """A card number: Luhn-valid, of a scheme's issuer prefix and length."""
+    if not luhn_ok(candidate):
+        return False
+    digits = "".join(str(int(c)) for c in candidate if c.isdigit())
+    return any(len(digits) in lengths and prefix.match(digits) for prefix, lengths in _SCHEME_RES)
+
+
 def iban_ok(candidate: str) -> bool:
     compact = candidate.replace(" ", "").upper()
     if not 15 <= len(compact) <= 34:
@@ -157,10 +181,48 @@ def entropy(token: str) -> float:
     return -sum(n / len(token) * math.log2(n / len(token)) for n in counts.values())
 
 
+_JSON_ESCAPES = {"\\/": "/", "\\u002b": "+", "\\u002B": "+", "\\u002f": "/", "\\u002F": "/", "\\u003d": "=",
+                 "\\u003D": "="}  # fmt: skip
+_JSON_ESCAPE = re.compile(r"\\/|\\u00(?:2[bBfF]|3[dD])")
+# a word (CamelCase too), a number, a hex id
+_WORD = re.compile(r"(?:[A-Z]?[a-z]+)+|[A-Z]+|\d+|v\d+|[0-9a-f]{6,}|[0-9A-F]{6,}")
+_SEPARATORS = re.compile(r"[/_\-+]+")
+_ID_PREFIX = re.compile(r"([a-z]{2,10})[_\-][A-Za-z0-9]{8,}")  # an object id: cus_..., req_..., ch_...
+_SECRET_PREFIXES = frozenset(
+    "sk rk pk whsec key secret token api apikey pat glpat npm hf pass pwd auth access private priv session sess".split()
+)
+
+
 def _opaque(token: str) -> bool:
-    """An opaque token: it mixes lower, upper and digits, with entropy over 4.2 bits, and encodes no data."""
+    """An opaque token: it mixes lower, upper and digits, with entropy over 4.2 bits, and encodes no data. JSON
+    escapes of `/`, `+` and `=` are read as those characters; a URL path or slug of words and ids, an object id
+    with a type prefix (`cus_...`, `req_...`), an alphabet, a documented placeholder (`...EXAMPLE...`) and a blob of
+    over 256 characters are not credentials."""
+    if "\\" in token:
+        token = _JSON_ESCAPE.sub(lambda m: _JSON_ESCAPES[m.group()], token)
+    if len(token) > 256 or "EXAMPLE" in token or _named_id(token) or _path_like(token) or _sequential(token):
+        return False
     classes = sum(bool(re.search(p, token)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
     return classes == 3 and entropy(token) > 4.2 and not _encodes_data(token)
+
+
+def _sequential(token: str) -> bool:
+    """An alphabet or a keyboard run (`abcdef...`, `0123...`): half its neighbours are consecutive characters."""
+    return 2 * sum(ord(b) - ord(a) == 1 for a, b in itertools.pairwise(token)) >= len(token)
+
+
+def _named_id(token: str) -> bool:
+    match = _ID_PREFIX.fullmatch(token)
+    return match is not None and match.group(1) not in _SECRET_PREFIXES
+
+
+def _path_like(token: str) -> bool:
+    """Parts split by `/`, `-` or `_` (two or more with a `/`, three or more without), half of them words, numbers
+    or hex ids of three characters or more: a URL path, a slug or an identifier, not a random key."""
+    parts = [part for part in _SEPARATORS.split(token) if part]
+    if len(parts) < (2 if "/" in token else 3):
+        return False
+    return 2 * sum(len(part) >= 3 and _WORD.fullmatch(part) is not None for part in parts) >= len(parts)
 
 
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"%PDF", b"PK\x03\x04", b"\x1f\x8b", b"RIFF", b"<svg", b"<?xml")
@@ -205,13 +267,30 @@ SECRETS: dict[str, Finder] = {
         r"\b[Bb]asic\s+[A-Za-z0-9+/]{8,}={0,2}(?![A-Za-z0-9+/=])", valid=_user_colon_pass, needs=("asic",)
     ),
     "BEARER_TOKEN": _Regex(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{20,}=*", needs=("bearer",), fold=True),
-    # opaque tokens: 24+ characters of a key alphabet, mixing classes, with entropy over 4.2 bits
-    "HIGH_ENTROPY": _Regex(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{24,}={0,2}", valid=_opaque),
+    "PREFIXED_TOKEN": _Regex(  # service tokens with a known prefix: Stripe, GitLab, npm, Hugging Face, GitHub
+        r"\b(?:(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}|whsec_[0-9A-Za-z]{20,}|glpat-[0-9A-Za-z_\-]{20,}"
+        r"|npm_[0-9A-Za-z]{36}|hf_[0-9A-Za-z]{30,}|github_pat_[0-9A-Za-z_]{22,})\b",
+        needs=("sk_", "rk_", "whsec_", "glpat-", "npm_", "hf_", "github_pat_"),
+    ),
+    "SLACK_WEBHOOK": _Regex(
+        r"hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{20,}", needs=("hooks.slack.com",)
+    ),
+    # opaque tokens: 24+ characters of a key alphabet (JSON escapes of / + = included), mixing classes, with entropy
+    # over 4.2 bits
+    "HIGH_ENTROPY": _Regex(
+        r"(?<![A-Za-z0-9+/_\-])(?:[A-Za-z0-9+/_\-]|\\/|\\u00(?:2[bBfF]|3[dD])){24,}(?:=|\\u003[dD]){0,2}",
+        valid=_opaque,
+    ),
 }
 
+_VERSION_BEFORE = (  # look-behinds of eight characters at most: the near-digit scan keeps that much before a digit
+    r"(?<![vV.\d])(?<![vV] )(?<![=<>~!^@]=)(?<![<>~^@])(?<![<>~^] )(?<!(?i:version) )(?<!(?i:release) )(?<!(?i:ver) )"
+    r"(?<!(?i:python) )(?<!(?i:build) )(?<!# )"
+)
+_VERSION_AFTER = r"(?!\.\d|[-+.]?(?i:rc|alpha|beta|dev|post|pre)\b)"
 PII: dict[str, Finder] = {
     "EMAIL": _Regex(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b", needs=("@",)),
-    "CARD": _NearDigits(_Regex(r"\b(?:\d[ \-]?){12,18}\d\b", valid=luhn_ok)),
+    "CARD": _NearDigits(_Regex(r"\b(?:\d[ \-]?){11,18}\d\b", valid=card_ok)),
     "IBAN": _Led(
         _Regex(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", valid=iban_ok), r"[A-Z]{2}\d{2}"
     ),
@@ -225,8 +304,14 @@ PII: dict[str, Finder] = {
             r"|(?<![\w.\-])\d{3}[.\-]\d{3}[.\-]\d{4}(?![\w.\-])",
         )
     ),
+    # not a version: after `v`, "version ", `==` and the like, in a longer dotted run, before a pre-release suffix
     "IP_ADDRESS": _Either(
-        _NearDigits(_Regex(r"\b(?:\d{1,3}\.){3}\d{1,3}\b", valid=ip_ok)),
+        _NearDigits(
+            _Regex(
+                _VERSION_BEFORE + r"\b(?:\d{1,3}\.){3}\d{1,3}\b" + _VERSION_AFTER,
+                valid=ip_ok,
+            )
+        ),
         _Regex(r"\b(?:[0-9a-fA-F]{1,4}:){2,7}[0-9a-fA-F]{1,4}\b", valid=ip_ok, needs=(":",)),
     ),
 }
