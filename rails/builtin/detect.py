@@ -200,10 +200,11 @@ def _opaque(token: str) -> bool:
     over 256 characters are not credentials."""
     if "\\" in token:
         token = _JSON_ESCAPE.sub(lambda m: _JSON_ESCAPES[m.group()], token)
-    if len(token) > 256 or "EXAMPLE" in token or _named_id(token) or _path_like(token) or _sequential(token):
+    if not 24 <= len(token) <= 256 or "EXAMPLE" in token:
         return False
-    classes = sum(bool(re.search(p, token)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
-    return classes == 3 and entropy(token) > 4.2 and not _encodes_data(token)
+    if sum(bool(re.search(p, token)) for p in ("[a-z]", "[A-Z]", "[0-9]")) < 3 or entropy(token) <= 4.2:
+        return False
+    return not (_named_id(token) or _path_like(token) or _sequential(token) or _encodes_data(token))
 
 
 def _sequential(token: str) -> bool:
@@ -255,6 +256,8 @@ def _user_colon_pass(match: str) -> bool:
         return False
 
 
+_KEY = r"A-Za-z0-9+/_\-"  # the characters of a key
+_ESCAPED = r"\\(?:/|u00(?:2[bBfF]|3[dD]))"  # JSON escapes of / + =
 SECRETS: dict[str, Finder] = {
     "PRIVATE_KEY": _Regex(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"),
     "AWS_ACCESS_KEY": _Regex(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", needs=("AKIA", "ASIA")),
@@ -275,11 +278,15 @@ SECRETS: dict[str, Finder] = {
     "SLACK_WEBHOOK": _Regex(
         r"hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{20,}", needs=("hooks.slack.com",)
     ),
-    # opaque tokens: 24+ characters of a key alphabet (JSON escapes of / + = included), mixing classes, with entropy
-    # over 4.2 bits
-    "HIGH_ENTROPY": _Regex(
-        r"(?<![A-Za-z0-9+/_\-])(?:[A-Za-z0-9+/_\-]|\\/|\\u00(?:2[bBfF]|3[dD])){24,}(?:=|\\u003[dD]){0,2}",
-        valid=_opaque,
+    # opaque tokens: 24+ characters of a key alphabet, mixing classes, with entropy over 4.2 bits; a token with JSON
+    # escapes of / + = in it is read whole by its own regex (scanned only where there are such escapes)
+    "HIGH_ENTROPY": _Either(
+        _Regex(rf"(?<![{_KEY}])(?!(?<=\\)[/u])[{_KEY}]{{24,}}+(?!{_ESCAPED})={{0,2}}", valid=_opaque),
+        _Regex(
+            rf"(?<![{_KEY}\\])[{_KEY}]*+(?:{_ESCAPED}[{_KEY}]*+)++(?:=|\\u003[dD]){{0,2}}",
+            valid=_opaque,
+            needs=("\\/", "\\u00"),
+        ),
     ),
 }
 

@@ -13,6 +13,8 @@ to answer (a persona, a format, "only reply in Spanish") are a jailbreak only to
 from __future__ import annotations
 
 import re
+import re._constants as _C
+import re._parser as _parser
 from bisect import bisect_left
 from typing import NamedTuple
 
@@ -52,9 +54,13 @@ class _Variant(NamedTuple):
     pattern: re.Pattern[str]
     word_start: bool  # the match must start at a word boundary (checked here: a leading \b in the regex
     # itself would disable the engine's fast literal-prefix search, ~40x slower on long text)
+    needs: tuple[frozenset[str], ...]  # every match holds a word of each set (read off the pattern): else no scan
 
     def count(self, text: str, readings: Readings | None, want: int) -> int:
         """Matches that count, up to `want` (`readings`: matches that are only mentioned do not count)."""
+        for words in self.needs:
+            if not any(word in text for word in words):
+                return 0
         found = 0
         for match in self.pattern.finditer(text):
             start = match.start()
@@ -91,10 +97,44 @@ def _variants(source: str | None, flags: int = 0) -> tuple[_Variant, ...]:
             start = index + 1
         index += 1
     pieces.append(source[start:])
-    return tuple(
-        _Variant(re.compile(piece[2:] if piece.startswith("\\b") else piece, flags), piece.startswith("\\b"))
-        for piece in pieces
-    )
+    variants = []
+    for piece in pieces:
+        pattern = re.compile(piece[2:] if piece.startswith("\\b") else piece, flags)
+        needs = () if flags & re.IGNORECASE else _required(list(_parser.parse(pattern.pattern, flags)))
+        useful = tuple(words for words in needs if len(words) <= 12 and min(map(len, words)) >= 3)
+        variants.append(_Variant(pattern, piece.startswith("\\b"), useful))
+    return tuple(variants)
+
+
+def _required(items: list) -> list[frozenset[str]]:
+    """Sets of strings such that every match of the parsed `items` holds one string of each: literal runs, and
+    what a group (its best set), a branch (the union of its branches' best) or a repeated body requires. Parts
+    under IGNORECASE are passed over."""
+    sets: list[frozenset[str]] = []
+    run: list[str] = []
+    for op, av in [*items, (None, None)]:
+        if op is _C.LITERAL:
+            run.append(chr(av))
+            continue
+        if run:
+            sets.append(frozenset(("".join(run),)))
+            run = []
+        inner: list[frozenset[str]] = []
+        if op is _C.SUBPATTERN and not av[1] & re.IGNORECASE:
+            inner = _required(list(av[3]))
+        elif op is _C.BRANCH:
+            branches = [_best(_required(list(branch))) for branch in av[1]]
+            inner = [frozenset().union(*branches)] if all(branches) else []  # type: ignore[arg-type]
+        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT) and av[0] >= 1:
+            inner = _required(list(av[2]))
+        if best := _best(inner):
+            sets.append(best)
+    return sets
+
+
+def _best(sets: list[frozenset[str]]) -> frozenset[str] | None:
+    """The set with the longest shortest string (then the fewest strings)."""
+    return max(sets, key=lambda words: (min(map(len, words)), -len(words)), default=None)
 
 
 class Signal:
@@ -251,8 +291,9 @@ SIGNALS: list[Signal] = [
         r"|\b(never|doesn't|does not|won't|will not|cannot|can't) (refuses?|decline|say no|says no)\b"),
         ("answer", "respond", "repl", "will", "never", "n't", "not")),
     Signal("many_turns", 0.3, (  # a long forged dialogue (many-shot): six turns or more of a model speaking
-        r"(?:^|[\s\"'])(assistant|ai|bot|a|answer|chatbot|model|gpt|response)\s*:"),
-        ("assistant", "ai", "bot", "a:", "a :", "answer", "model", "gpt", "response"), mentions=False, count=6),
+        r"(?<![^\s\"'])(assistant|ai|bot|a|answer|chatbot|model|gpt|response) ?:"),
+        tuple(f"{name}{space}:" for name in ("assistant", "ai", "bot", "a", "answer", "model", "gpt", "response")
+              for space in ("", " ")), mentions=False, count=6),
     Signal("jailbreak_words", 0.3, (
         r"\b(jailbreak|jailbroken|developer mode|(you are|you're|switch to|enter|entering) (now )?(in )?(maintenance"
         r"|debug|developer|admin|god|root|sudo|unrestricted|jailbreak|test) mode"
@@ -273,8 +314,7 @@ SIGNALS: list[Signal] = [
         r"(\[\s+){3,}|(!\s+){4,}|(\[\s(?![\s{\"'\\\d])(?![^\[\]\n]{0,12}\]).{0,60}?){3}"), ("[ ", "! ")),
     # -- prompt extraction ----------------------------------------------------------------------------
     Signal("prompt_extraction", 0.5, (
-        r"(?:reveal|print|show|repeat|leak|output|tell me|give me|display|dump|recite|reproduce|copy|echo|spell out"
-        r"|write out|write down|paste|list|return)\b.{0,30}?"
+        r"(?:reveal|print|show|repeat|leak|output|tell me|give me|display|dump|recite|reproduce)\b.{0,30}?"
         r"\b(system (prompt|message)|hidden prompt|your (instructions|rules|prompt|guidelines|directives)"
         r"|(the|this|your) (hidden|developer|pre-?|initial|original|starting) ?prompt)\b"
         r"|\byour (system (prompt|message|instructions)|initial (prompt|instructions)|original (prompt|instructions)"
