@@ -10,6 +10,11 @@ output tokens/s for both, and the ratio Sentrail/direct. Figures only: nothing h
 `--pin` (needs 2+ cores) runs the engine on the last core and the gateway and this load generator on
 the others, so that the gateway's work never takes CPU from the engine: at saturation the engine's
 core is the bottleneck and the ratio of output tokens/s is the gateway's cost in throughput.
+
+`--variants windowed no-output-rails` also starts one gateway per variant in front of the same engine
+(`kind: remote`), with a copy of `policies/` changed as named, and sends them the same load in the same
+rounds: `windowed` streams with the fixed-window output filter (`streaming.frontier: false`), the filter
+before the frontier one; `no-output-rails` has no output stage (what the output filter costs in all).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,6 +32,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "SmolLM2-135M-Instruct"
@@ -112,11 +119,29 @@ def merge(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
 
 
-def start_gateway(port: int, engine_port: int, engine_cpus: str | None) -> subprocess.Popen[bytes]:
-    config = Path(tempfile.mkdtemp()) / "bench.yaml"
+VARIANTS = ("windowed", "no-output-rails")
+
+
+def start_gateway(port: int, engine_port: int, engine_cpus: str | None, variant: str = "") -> subprocess.Popen[bytes]:
+    """Sentrail with its managed engine; a variant fronts that engine (`kind: remote`) with changed policies."""
+    folder = Path(tempfile.mkdtemp())
+    config = folder / "bench.yaml"
     pin = f", cpus: '{engine_cpus}'" if engine_cpus else ""
-    config.write_text(f"port: {port}\nlog_level: warning\ndev_mode: true\nmodels:\n  - id: {MODEL}\n    engines:\n"
-                      f"      - {{kind: vllm, port: {engine_port}, max_concurrency: 64{pin}}}\n")  # fmt: skip
+    engine = f"{{kind: vllm, port: {engine_port}, max_concurrency: 64{pin}}}"
+    policies = ""
+    if variant:
+        engine = f"{{kind: remote, url: 'http://127.0.0.1:{engine_port}', max_concurrency: 64}}"
+        shutil.copytree(ROOT / "policies", folder / "policies")
+        rails_file = folder / "policies" / "rails.yaml"
+        rails = yaml.safe_load(rails_file.read_text())
+        if variant == "windowed":
+            rails.setdefault("streaming", {})["frontier"] = False
+        else:
+            rails["stages"].pop("output", None)
+        rails_file.write_text(yaml.safe_dump(rails, sort_keys=False))
+        policies = f"policies_dir: {folder / 'policies'}\ndata_dir: {folder / 'data'}\n"
+    config.write_text(f"port: {port}\nlog_level: warning\ndev_mode: true\n{policies}models:\n  - id: {MODEL}\n"
+                      f"    engines:\n      - {engine}\n")  # fmt: skip
     env = {**os.environ, "SENTRAIL_LOG_FORMAT": "json"}
     command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -136,14 +161,16 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60
     sys.exit("sentrail did not become ready")
 
 
-def table(rows: list[tuple[int, dict[str, float], dict[str, float]]]) -> str:
+def table(names: list[str], rows: list[tuple[int, list[dict[str, float]]]]) -> str:
+    """One row per concurrency and figure: direct, then each gateway with its ratio to direct."""
     keys = [("p50_ms", "p50 latency ms"), ("p99_ms", "p99 latency ms"), ("ttft_p50_ms", "p50 TTFT ms"),
             ("ttft_p99_ms", "p99 TTFT ms"), ("tok_s", "output tok/s")]  # fmt: skip
-    lines = ["| concurrency | figure | direct vLLM | through Sentrail | ratio |", "|---|---|---|---|---|"]
-    for concurrency, direct, gateway in rows:
+    head = "| concurrency | figure | direct vLLM | " + " | ".join(f"{n} | ratio" for n in names) + " |"
+    lines = [head, "|---|---|---|" + "---|---|" * len(names)]
+    for concurrency, (direct, *gateways) in rows:
         for key, label in keys:
-            d, g = direct[key], gateway[key]
-            lines.append(f"| {concurrency} | {label} | {d:.1f} | {g:.1f} | {g / d:.3f} |")
+            cells = " | ".join(f"{g[key]:.1f} | {g[key] / direct[key]:.3f}" for g in gateways)
+            lines.append(f"| {concurrency} | {label} | {direct[key]:.1f} | {cells} |")
     return "\n".join(lines)
 
 
@@ -154,6 +181,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--pin", action="store_true", help="engine on the last core, everything else on the rest")
+    parser.add_argument("--variants", nargs="*", default=[], choices=VARIANTS, help="more gateways, same engine")
+    parser.add_argument("--out", help="results file name under bench/results (default: overhead[_pinned].md)")
     args = parser.parse_args()
 
     cores = sorted(os.sched_getaffinity(0))
@@ -164,22 +193,28 @@ def main() -> None:
         engine_cpus = str(cores[-1])
         os.sched_setaffinity(0, cores[:-1])  # the gateway (a child of this process) inherits it
     port, engine_port = free_port(), free_port()
-    process = start_gateway(port, engine_port, engine_cpus)
+    processes = [start_gateway(port, engine_port, engine_cpus)]
+    ports = [port]
     try:
-        wait_ready(f"http://127.0.0.1:{port}/v1/health/ready", process)
-        direct_url = f"http://127.0.0.1:{engine_port}/v1/chat/completions"
-        gateway_url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        asyncio.run(run_load(direct_url, 4, 8, args.max_tokens))  # warm-up
+        wait_ready(f"http://127.0.0.1:{port}/v1/health/ready", processes[0])
+        for variant in args.variants:
+            ports.append(free_port())
+            processes.append(start_gateway(ports[-1], engine_port, None, variant))
+            wait_ready(f"http://127.0.0.1:{ports[-1]}/v1/health/ready", processes[-1])
+        urls = [f"http://127.0.0.1:{p}/v1/chat/completions" for p in [engine_port, *ports]]
+        asyncio.run(run_load(urls[0], 4, 8, args.max_tokens))  # warm-up
         rows = []
         for concurrency in args.concurrency:
-            direct, gateway = [], []
-            for _ in range(args.rounds):
-                direct.append(asyncio.run(run_load(direct_url, concurrency, args.requests, args.max_tokens)))
-                gateway.append(asyncio.run(run_load(gateway_url, concurrency, args.requests, args.max_tokens)))
-            rows.append((concurrency, merge(direct), merge(gateway)))
+            runs: list[list[dict[str, float]]] = [[] for _ in urls]
+            for _ in range(args.rounds):  # each round: direct, then every gateway, the same load
+                for url, done in zip(urls, runs, strict=True):
+                    done.append(asyncio.run(run_load(url, concurrency, args.requests, args.max_tokens)))
+            rows.append((concurrency, [merge(done) for done in runs]))
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=60)
+    names = ["through Sentrail", *(f"Sentrail, {variant}" for variant in args.variants)]
     report = (
         f"Streaming chat, {args.requests} requests x {args.rounds} rounds per mode, max_tokens={args.max_tokens}, "
         f"temperature 0, model {MODEL} on vLLM CPU (eager); "
@@ -188,12 +223,12 @@ def main() -> None:
             if engine_cpus
             else f"client, gateway and engine share {len(cores)} cores.\n\n"
         )
-        + table(rows)
+        + table(names, rows)
     )
     print(report)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / ("overhead_pinned.md" if args.pin else "overhead.md")).write_text(report + "\n")
+    (out / (args.out or ("overhead_pinned.md" if args.pin else "overhead.md"))).write_text(report + "\n")
 
 
 if __name__ == "__main__":

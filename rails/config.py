@@ -97,6 +97,7 @@ class StreamingSpec(msgspec.Struct, forbid_unknown_fields=True):
 
     window: Annotated[int, msgspec.Meta(ge=1)] = 64
     overlap: Annotated[int, msgspec.Meta(ge=0)] = 128
+    frontier: bool = True  # false: the fixed windows for every stream, even when every rail reports a frontier
 
 
 class RailsConfig(msgspec.Struct, forbid_unknown_fields=True):

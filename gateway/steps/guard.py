@@ -54,6 +54,7 @@ class RailSet:
     refusal: str = "I can't help with that."
     window: int = 64
     overlap: int = 128
+    frontier: bool = True  # `streaming.frontier`: release what no rail can still change (else fixed windows)
     version: str = ""
     files: dict[str, str] = field(default_factory=dict)  # relative path -> SHA-256, for the audit log
 
@@ -73,7 +74,7 @@ def load_rail_set(path: Path, tracer: Tracer | None = None, resolve: ModelResolv
     streaming = config.streaming
     pipeline = RailPipeline(rails, tracer, version)
     pipeline.stream(Stage.OUTPUT)  # the output rails build their stream patterns now, not on the first stream
-    return RailSet(pipeline, config.refusal, streaming.window, streaming.overlap, version, files)
+    return RailSet(pipeline, config.refusal, streaming.window, streaming.overlap, streaming.frontier, version, files)
 
 
 class Guard:
@@ -96,7 +97,7 @@ class Guard:
         rails = self.rails
         if not rails.pipeline.has(Stage.OUTPUT):
             return None
-        return OutputFilter(rails.pipeline, rails.window, rails.overlap)
+        return OutputFilter(rails.pipeline, rails.window, rails.overlap, rails.frontier)
 
     def reload(self, path: Path, tracer: Tracer | None, grace_s: float = 60.0) -> dict[str, Any] | None:
         """A rails file (or NeMo config) that loads replaces the rails; one that does not is logged with
@@ -190,13 +191,13 @@ class OutputFilter:
     entity up to `overlap` characters long never reaches the client in part. `flush` checks and releases
     the rest at the end."""
 
-    def __init__(self, pipeline: RailPipeline, window: int = 64, overlap: int = 128) -> None:
+    def __init__(self, pipeline: RailPipeline, window: int = 64, overlap: int = 128, frontier: bool = True) -> None:
         self.pipeline = pipeline
         self.window = window
         self.overlap = overlap
         self.pending = ""
         self.decisions: list[Decision] = []
-        self.stream = pipeline.stream(Stage.OUTPUT)
+        self.stream = pipeline.stream(Stage.OUTPUT) if frontier else None
 
     async def feed(self, text: str) -> str:
         if self.stream is not None:

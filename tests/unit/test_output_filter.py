@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.steps.guard import OutputBlocked, OutputFilter
+from gateway.steps.guard import Guard, OutputBlocked, OutputFilter, load_rail_set
 from rails.base import Stage
 from rails.builtin.detect import pii_rail
 from rails.builtin.limits import DenyRail
@@ -133,6 +133,16 @@ def test_the_windowed_fallback_keeps_the_same_guarantees(case):
     output = OutputFilter(WINDOWED, window=16, overlap=64)
     assert output.stream is None
     assert asyncio.run(violations(output, text, forbidden, pieces)) == []
+
+
+def test_streaming_frontier_false_turns_the_windows_on(tmp_path):
+    """`streaming.frontier: false` (to compare, or to fall back): the same rails, released in fixed windows."""
+    text = (ROOT / "policies" / "rails.yaml").read_text().replace("streaming:", "streaming:\n  frontier: false", 1)
+    (tmp_path / "rails.yaml").write_text(text)
+    windowed = Guard(load_rail_set(tmp_path / "rails.yaml")).output_filter()
+    assert windowed.stream is None and (windowed.window, windowed.overlap) == (64, 128)
+    assert Guard(load_rail_set(ROOT / "policies" / "rails.yaml")).output_filter().stream is not None
+    assert asyncio.run(windowed.feed("Teams shipped the new search page. ")) == ""  # held: under 192 characters
 
 
 @pytest.mark.parametrize("text, forbidden, spans", CASES)
