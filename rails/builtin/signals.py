@@ -108,8 +108,8 @@ def _variants(source: str | None, flags: int = 0) -> tuple[_Variant, ...]:
 
 def _required(items: list) -> list[frozenset[str]]:
     """Sets of strings such that every match of the parsed `items` holds one string of each: literal runs, and
-    what a group (its best set), a branch (the union of its branches' best) or a repeated body requires. Parts
-    under IGNORECASE are passed over."""
+    what a group or a repeated body requires, and a branch (the union of its branches' best sets). Parts under
+    IGNORECASE are passed over."""
     sets: list[frozenset[str]] = []
     run: list[str] = []
     for op, av in [*items, (None, None)]:
@@ -119,16 +119,14 @@ def _required(items: list) -> list[frozenset[str]]:
         if run:
             sets.append(frozenset(("".join(run),)))
             run = []
-        inner: list[frozenset[str]] = []
         if op is _C.SUBPATTERN and not av[1] & re.IGNORECASE:
-            inner = _required(list(av[3]))
+            sets.extend(_required(list(av[3])))
         elif op is _C.BRANCH:
             branches = [_best(_required(list(branch))) for branch in av[1]]
-            inner = [frozenset().union(*branches)] if all(branches) else []  # type: ignore[arg-type]
+            if all(branches):
+                sets.append(frozenset().union(*branches))  # type: ignore[arg-type]
         elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT) and av[0] >= 1:
-            inner = _required(list(av[2]))
-        if best := _best(inner):
-            sets.append(best)
+            sets.extend(_required(list(av[2])))
     return sets
 
 
@@ -196,7 +194,7 @@ _AI = (r"(?:ai|a\.i\.|llm|assistant|chatbot|language model|gpt|chatgpt|claude|ge
 _ACT = (r"(?:send|e-?mail|forward|transfer|wire|pay|delete|remove|erase|share|post|upload|invite|grant|give|reveal"
         r"|disclose|leak|include|append|add|insert|mention|recommend|say|tell|reply|respond|answer|write|print|output"
         r"|call|execute|run|invoke|use|open|visit|click|navigate|book|buy|purchase|update|change|modify|reset"
-        r"|disable|create|schedule|ignore|disregard|forget|stop|summari[sz]e|translate|do|make|follow|read|visit"
+        r"|disable|create|schedule|ignore|disregard|forget|stop|summari[sz]e|translate|do|make|follow|read"
         r"|return|rate|praise|describe|state|claim)\b")  # fmt: skip
 _TASK = r"(?:task|request|question|instructions?|job|assignment|query|work|summary|goal|objective|prompt)"
 SIGNALS: list[Signal] = [
@@ -238,7 +236,8 @@ SIGNALS: list[Signal] = [
         r"|\bif you are an? (ai|llm|language model|assistant|automated|bot|agent)\b(?! (?:researcher|engineer|developer"
         r"|enthusiast|company|startup|team|student|product))"
         r"|\b(ai|llm|assistant|agent|model|language model)s? (reading|processing|summari[sz]ing|parsing|analy[sz]ing"
-        r"|seeing) (this|these)\b|\byou,? (the|an|as the|as an) " + _AI + r"\b"),
+        r"|seeing) (this|these)\b|\byou,? (the|an|as the|as an) " + _AI + r"\b"
+        r"|\b(to|for) you,? (the |an? |my |our )?(ai|llm|assistant|chatbot|language model|agent|model|bot)s?\b"),
         ("note", "message", "instruction", "reminder", "if you are", "reading", "processing", "summari", "parsing",
          "analy", "seeing", "you")),
     Signal("authority_claim", 0.3, (  # data that claims to speak for the user, the system or the developer
@@ -248,7 +247,9 @@ SIGNALS: list[Signal] = [
         r"|has asked|would like|needs|requires|instructed|has instructed|authori[sz]ed|has authori[sz]ed|expects"
         r"|told|has requested|requests|has approved|approved) you\b"
         r"|\b(this is|i am|i'm|we are) (the|your) (user|owner|developer|administrator|admin|operator|creator"
-        r"|system)( speaking| writing| again)?\s*[,.:!-]|\bon behalf of (the|your) user\b"),
+        r"|system)( speaking| writing| again)?\s*[,.:!-]|\bon behalf of (the|your) user\b"
+        r"|\b(important|urgent|critical|priority|personal) (message|note|request|instructions?|notice) (from|to you"
+        r"|for you)\b"),
         ("from", "you", "this is", "i am", "i'm", "we are", "behalf")),
     Signal("task_override", 0.3, (  # data that puts something before or instead of the agent's task
         r"\bbefore (you |we )?(can )?(continue|proceed|answer|respond|reply|solve|summari[sz]e|complete|finish|carry"
