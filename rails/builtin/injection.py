@@ -35,8 +35,10 @@ __all__ = ["ADDRESSED", "EXFILTRATION", "SIGNALS", "InjectionRail", "Signal", "h
 
 
 ENCODED_BONUS = 0.2  # a payload hidden in base64 / hex / rot13 that reads as an attack is worse than a plain one
-# rot13'd trigger words, 5+ letters (shorter ones occur in plain text by chance)
-_ROT13_NEEDS = tuple(sorted({codecs.encode(w, "rot13") for s in (*SIGNALS, ADDRESSED) for w in s.needs if len(w) >= 5}))
+# rot13'd trigger words of the signals that weigh 0.4 or more, 5+ letters (shorter ones occur in plain text by chance)
+_ROT13_NEEDS = tuple(
+    sorted({codecs.encode(w, "rot13") for s in (*SIGNALS, ADDRESSED) if s.weight >= 0.4 for w in s.needs if len(w) > 4})
+)
 _ROT13_GATE = re.compile(literals(_ROT13_NEEDS))
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{20,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX = re.compile(r"\b(?:[0-9a-fA-F]{2}){12,}\b")
@@ -88,7 +90,7 @@ def payload_patterns() -> list[re.Pattern[str]]:
 
 
 def _rot13(text: str, normal_form: str) -> list[tuple[str, str]]:
-    if any(word in normal_form for word in _ROT13_NEEDS):  # rot13'd trigger words of 5+ letters
+    if _ROT13_GATE.search(normal_form):  # rot13'd trigger words of 5+ letters
         return [("rot13", codecs.decode(text, "rot13"))]
     return []
 
