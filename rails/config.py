@@ -73,7 +73,7 @@ class ClassifierSpec(_Common, tag_field="rail", tag="classifier"):
     threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5  # attack probability, max over windows
     window: Annotated[int, msgspec.Meta(ge=4, le=8192)] = 512  # tokens per window, special tokens included
     overlap: Annotated[int, msgspec.Meta(ge=0)] = 64  # tokens each window shares with the one before
-    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16  # windows per model call
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1  # windows per model call (CPU: 1 costs least)
     max_wait_ms: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = 2.0  # how long a batch waits for more windows
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # batches run at once
     threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0  # ONNX Runtime threads per batch (0: its default)

@@ -290,6 +290,9 @@ async def _place(result: StageResult) -> None:
     for configured, verdict in result.labelled:
         candidates = _inside(fields, result.content, verdict.spans) if verdict.spans else fields
         scored = await _scoring(configured, candidates)
+        if not scored and len(candidates) < len(fields):  # a field placed wrong (its text found elsewhere first)
+            judged = {path for path, _ in candidates}
+            scored = await _scoring(configured, [f for f in fields if f[0] not in judged])
         if not scored:
             continue
         shown = ", ".join(scored[:8]) + (f" and {len(scored) - 8} more" if len(scored) > 8 else "")

@@ -1,4 +1,5 @@
-"""`sentrail serve`, `model prepare`, `keys create | list | revoke`, `policy check | test | explain | replay`."""
+"""`sentrail serve`, `model prepare`, `keys create | list | revoke`, `policy check | test | explain | replay`,
+`classifier build-test-model | score`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import msgspec
 
 from engines.models import prepare_embedded_model
 from gateway.cli import audit as audit_cli
+from gateway.cli import classifier as classifier_cli
 from gateway.cli import policy as policy_cli
 from gateway.observability import configure_logging
 from gateway.settings import ConfigError, Settings, load_settings
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     audit = commands.add_parser("audit", help="read the audit log").add_subparsers(dest="action", required=True)
     audit_cli.add_commands(audit, common)
 
+    guard = commands.add_parser("classifier", help="guard-model directories for rail: classifier")
+    classifier_cli.add_commands(guard.add_subparsers(dest="action", required=True))
+
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", parents=[common], help="create a key for a tenant (the secret is shown once)")
     create.add_argument("--tenant", required=True)
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "classifier":
+            return classifier_cli.run(args)
         settings = load_settings(args.config)
         configure_logging(settings.log_format, "warning", cache=False)  # stdout is for the output
         if args.command == "model":

@@ -171,6 +171,7 @@ def _onnx(directory: Path, threads: int) -> tuple[Callable[[np.ndarray, np.ndarr
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads leave the CPU alone
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -200,13 +201,19 @@ def _torch(directory: Path, config: dict[str, Any]) -> tuple[Callable[[np.ndarra
         raise ModelError(f"{directory}: no model.safetensors{hint}")
     import torch
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no progress bars in the gateway's output
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(directory), local_files_only=True, use_safetensors=True, trust_remote_code=False
         ).eval()
     except Exception as exc:
         raise ModelError(f"{directory}: transformers cannot load it as a sequence classifier: {exc}") from None
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -235,7 +242,7 @@ class Stats:
 class Batcher:
     """Scores texts with one model, batching windows across concurrent callers (see the module docstring)."""
 
-    def __init__(self, model: Model, max_batch: int = 16, max_wait_s: float = 0.002, workers: int = 1) -> None:
+    def __init__(self, model: Model, max_batch: int = 1, max_wait_s: float = 0.002, workers: int = 1) -> None:
         self.model, self.stats = model, Stats()
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         thread = threading.Thread(
