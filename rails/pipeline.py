@@ -295,6 +295,7 @@ async def _place(result: StageResult) -> None:
             scored = await _scoring(configured, [f for f in fields if f[0] not in judged])
         if not scored:
             continue
+        trace.get_current_span().set_attribute(f"sentrail.rails.tool_result.fields.{configured.rail.name}", scored)
         shown = ", ".join(scored[:8]) + (f" and {len(scored) - 8} more" if len(scored) > 8 else "")
         for index, decision in enumerate(result.decisions):
             if decision.rail == configured.rail.name and decision.fields is None:

@@ -176,17 +176,14 @@ def _onnx(directory: Path, threads: int) -> tuple[Callable[[np.ndarray, np.ndarr
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
-    names = {i.name for i in session.get_inputs()}
-    if "input_ids" not in names:
-        raise ModelError(f"{path}: the model has no input_ids input (inputs: {sorted(names)})")
+    types = {i.name: np.int32 if i.type == "tensor(int32)" else np.int64 for i in session.get_inputs()}
+    if "input_ids" not in types:
+        raise ModelError(f"{path}: the model has no input_ids input (inputs: {sorted(types)})")
     width = session.get_outputs()[0].shape[-1]
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": ids}
-        if "attention_mask" in names:
-            feed["attention_mask"] = mask
-        if "token_type_ids" in names:
-            feed["token_type_ids"] = np.zeros_like(ids)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        feed = {name: value.astype(types[name], copy=False) for name, value in feed.items() if name in types}
         return _softmax(session.run(None, feed)[0].astype(np.float32))
 
     return run, width if isinstance(width, int) else None

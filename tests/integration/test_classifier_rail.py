@@ -57,7 +57,9 @@ def call(name: str, arguments: dict, call_id: str) -> tuple[str, str, str]:
     return name, json.dumps(arguments), call_id
 
 
-async def test_a_label_lands_on_the_field_that_scored_and_the_policy_refuses_only_its_values(make_client, policies):
+async def test_a_label_lands_on_the_field_that_scored_and_the_policy_refuses_only_its_values(
+    make_client, policies, spans
+):
     user = {"role": "user", "content": "Reply to the people who wrote to me today"}
     engine = ScriptedEngine(calls_chunks(call("read_inbox", {}, "r1")))
     headers = {"x-session-id": "classifier-1"}
@@ -85,6 +87,9 @@ async def test_a_label_lands_on_the_field_that_scored_and_the_policy_refuses_onl
     assert decided == {"s1": ("deny", "no-recipients-from-flagged-fields"), "s2": ("allow", None)}
     assert session["steps"][1]["rails"][0]["fields"] == ["$.messages[1].body"]
     assert len(engine.requests) == 2  # the flagged result reached the model: label, not block
+    traced = [s.attributes.get("sentrail.rails.tool_result.fields.tool_result.classifier") for s in
+              spans.get_finished_spans() if s.name == "POST /v1/chat/completions"]  # fmt: skip
+    assert traced == [None, ("$.messages[1].body",)]
 
 
 async def test_a_prompt_that_scores_is_blocked_at_the_input_stage(make_client, policies):
