@@ -236,8 +236,7 @@ SIGNALS: list[Signal] = [
         r"|\bif you are an? (ai|llm|language model|assistant|automated|bot|agent)\b(?! (?:researcher|engineer|developer"
         r"|enthusiast|company|startup|team|student|product))"
         r"|\b(ai|llm|assistant|agent|model|language model)s? (reading|processing|summari[sz]ing|parsing|analy[sz]ing"
-        r"|seeing) (this|these)\b|\byou,? (the|an|as the|as an) " + _AI + r"\b"
-        r"|\b(to|for) you,? (the |an? |my |our )?(ai|llm|assistant|chatbot|language model|agent|model|bot)s?\b"),
+        r"|seeing) (this|these)\b|\byou,? (the|an|as the|as an) " + _AI + r"\b"),
         ("note", "message", "instruction", "reminder", "if you are", "reading", "processing", "summari", "parsing",
          "analy", "seeing", "you")),
     Signal("authority_claim", 0.3, (  # data that claims to speak for the user, the system or the developer
@@ -247,9 +246,7 @@ SIGNALS: list[Signal] = [
         r"|has asked|would like|needs|requires|instructed|has instructed|authori[sz]ed|has authori[sz]ed|expects"
         r"|told|has requested|requests|has approved|approved) you\b"
         r"|\b(this is|i am|i'm|we are) (the|your) (user|owner|developer|administrator|admin|operator|creator"
-        r"|system)( speaking| writing| again)?\s*[,.:!-]|\bon behalf of (the|your) user\b"
-        r"|\b(important|urgent|critical|priority|personal) (message|note|request|instructions?|notice) (from|to you"
-        r"|for you)\b"),
+        r"|system)( speaking| writing| again)?\s*[,.:!-]|\bon behalf of (the|your) user\b"),
         ("from", "you", "this is", "i am", "i'm", "we are", "behalf")),
     Signal("task_override", 0.3, (  # data that puts something before or instead of the agent's task
         r"\bbefore (you |we )?(can )?(continue|proceed|answer|respond|reply|solve|summari[sz]e|complete|finish|carry"
