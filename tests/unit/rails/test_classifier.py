@@ -239,3 +239,16 @@ def test_loaded_models_are_cached_per_directory(models):
     assert load_model(models["trained"], "torch") is not load_model(models["trained"], "onnx")
     config = json.loads((models["trained"] / "config.json").read_text())
     assert load_model(models["trained"]).labels == [config["id2label"][k] for k in ("0", "1")]
+
+
+def test_the_cli_scores_texts_and_builds_a_model(models, tmp_path, capsys):
+    from gateway.cli.main import main
+
+    assert main(["classifier", "score", str(models["trained"]), PLAIN, f"{PLAIN} {TRIGGER}"]) == 0
+    plain, flagged = capsys.readouterr().out.splitlines()
+    assert float(plain.split("\t")[0]) < 0.5 < float(flagged.split("\t")[0])
+    assert flagged.split("\t")[1].startswith(f"0-{len(PLAIN) + 1 + len(TRIGGER)}:")
+    assert main(["classifier", "score", "--labels", "MALICIOUS", str(models["trained"]), "x"]) == 2
+    assert "label 'MALICIOUS' is not one of the model's labels" in capsys.readouterr().err
+    assert main(["classifier", "build-test-model", str(tmp_path / "built")]) == 0
+    assert load_model(tmp_path / "built").labels == ["SAFE", "INJECTION"]
