@@ -304,7 +304,7 @@ def _collect(
         batch = []
         while pending and len(batch) < max_batch:
             request, index = pending.popleft()
-            if not request.future.cancelled():  # its check timed out or was cancelled: nothing to score
+            if not request.future.done():  # its check timed out, was cancelled or failed: nothing to score
                 batch.append((request, index))
         if not batch:
             slots.release()
@@ -326,15 +326,17 @@ def _take(request: _Request, model: Model, pending: deque[tuple[_Request, int]])
 
 
 def _run(model: Model, stats: Stats, batch: list[tuple[_Request, int]], lock: threading.Lock) -> None:
-    width = max(len(request.scored[index][2]) for request, index in batch)
-    ids = np.full((len(batch), width), model.tokens.pad_id, dtype=np.int64)
-    mask = np.zeros((len(batch), width), dtype=np.int64)
-    for row, (request, index) in enumerate(batch):
-        window = request.scored[index][2]
-        ids[row, : len(window)] = window
-        mask[row, : len(window)] = 1
     try:
+        width = max(len(request.scored[index][2]) for request, index in batch)
+        ids = np.full((len(batch), width), model.tokens.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, (request, index) in enumerate(batch):
+            window = request.scored[index][2]
+            ids[row, : len(window)] = window
+            mask[row, : len(window)] = 1
         probabilities = model.run(ids, mask)
+        if probabilities.shape[0] != len(batch):
+            raise ValueError(f"the model answered {probabilities.shape[0]} rows for {len(batch)} windows")
     except Exception as exc:  # every check in the batch fails: its rail blocks (fail closed)
         for request, _ in batch:
             _settle(request.future, exc)

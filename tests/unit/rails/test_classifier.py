@@ -234,6 +234,22 @@ async def test_a_timed_out_check_is_not_scored_later(models):
     assert calls == [1, 1]  # the cancelled checks' windows were dropped before the second batch
 
 
+async def test_a_failed_window_ends_its_text_without_scoring_the_rest(models):
+    calls = []
+
+    def fails(ids, mask):
+        calls.append(len(ids))
+        raise RuntimeError("bad input")
+
+    loaded = load_model(models["trained"])
+    model = Model(loaded.directory, "test", loaded.tokens, loaded.labels, 512, fails)
+    guard = ClassifierRail("input.classifier", Stage.INPUT, Batcher(model, 1, 0.0, 1), [1], window=16, overlap=4)
+    with pytest.raises(RuntimeError):
+        await guard.check(" ".join(["the garden covers the seating plan."] * 10))  # ~8 windows
+    await asyncio.sleep(0.05)
+    assert calls == [1]
+
+
 def test_loaded_models_are_cached_per_directory(models):
     assert load_model(models["trained"]) is load_model(models["trained"])
     assert load_model(models["trained"], "torch") is not load_model(models["trained"], "onnx")
