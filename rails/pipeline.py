@@ -41,7 +41,7 @@ from .base import Action, Rail, RailStream, Stage, Verdict
 from .tools.provenance import structured, text_fields
 
 OFF_LOOP_CHARS = 16_384  # a local rail checks a longer text in a worker thread
-MAX_PLACED_FIELDS = 4_096  # a structured result with more text fields is labelled as a whole
+MAX_PLACED_FIELDS = 16_384  # a structured result with more text fields (keys included) is labelled as a whole
 SLICE_S = 0.002  # placing a detection field by field gives the event loop a turn this often
 
 
