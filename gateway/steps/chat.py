@@ -184,7 +184,7 @@ class ChatService:
                 yield chunk
             await self._commit(step)
             return
-        output = self.guard.output_filter() if self.guard is not None else None
+        output = self.guard.output_filter(step.request.stream) if self.guard is not None else None
 
         def capture(span: Span) -> None:  # what the client received: after output rails and tool policy
             message = step.accumulator.result(step.request.model).choices[0].message

@@ -93,10 +93,14 @@ class Guard:
     def refusal(self) -> str:
         return self.rails.refusal
 
-    def output_filter(self) -> OutputFilter | None:
+    def output_filter(self, streamed: bool = True) -> OutputFilter | None:
+        """The output rails for one answer. An answer the client gets whole (not streamed) is judged once,
+        at its end: releasing it early buys nothing, and one check of the whole text costs less."""
         rails = self.rails
         if not rails.pipeline.has(Stage.OUTPUT):
             return None
+        if not streamed:
+            return OutputFilter(rails.pipeline, WHOLE, 0, frontier=False)
         return OutputFilter(rails.pipeline, rails.window, rails.overlap, rails.frontier)
 
     def reload(self, path: Path, tracer: Tracer | None, grace_s: float = 60.0) -> dict[str, Any] | None:
@@ -176,6 +180,9 @@ class OutputBlocked(Exception):
     def __init__(self, decision: Decision) -> None:
         super().__init__(decision.reason)
         self.decision = decision
+
+
+WHOLE = 1 << 62  # a window no answer fills: the filter judges the text once, when it is flushed
 
 
 class OutputFilter:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.steps.guard import Guard, OutputBlocked, OutputFilter, load_rail_set
+from gateway.steps.guard import Guard, OutputBlocked, OutputFilter, RailSet, load_rail_set
 from rails.base import Stage
 from rails.builtin.detect import pii_rail
 from rails.builtin.limits import DenyRail
@@ -69,6 +69,18 @@ class Eager(OutputFilter):
 
     async def flush(self) -> str:
         return ""
+
+
+class Counted:
+    """A rail that records each check (no `stream`: only whole-text checks can be counted)."""
+
+    def __init__(self, rail, calls: list[str]) -> None:
+        self.rail, self.calls = rail, calls
+        self.name, self.stage, self.modifies, self.local = rail.name, rail.stage, getattr(rail, "modifies", False), True
+
+    async def check(self, content: str):
+        self.calls.append(self.name)
+        return await self.rail.check(content)
 
 
 FRONTIER = RailPipeline(shipped())
@@ -143,6 +155,25 @@ def test_streaming_frontier_false_turns_the_windows_on(tmp_path):
     assert windowed.stream is None and (windowed.window, windowed.overlap) == (64, 128)
     assert Guard(load_rail_set(ROOT / "policies" / "rails.yaml")).output_filter().stream is not None
     assert asyncio.run(windowed.feed("Teams shipped the new search page. ")) == ""  # held: under 192 characters
+
+
+@pytest.mark.parametrize("text, forbidden, spans", CASES)
+async def test_an_answer_not_streamed_is_judged_once_whole(text, forbidden, spans):
+    """`stream: false`: nothing is released before the end, then the whole answer as the rails rewrite it,
+    from one check per rail (the frontier's work per piece buys nothing when the client waits anyway)."""
+    calls = []
+    counted = RailPipeline([Configured(Counted(c.rail, calls), c.shadow, c.timeout_s, c.label) for c in shipped()])
+    output = Guard(RailSet(counted)).output_filter(streamed=False)
+    assert output.stream is None
+    released = [await output.feed(piece) for piece in split(text, list(range(7, len(text), 7)))]
+    assert not any(released) and len(calls) == 0
+    whole = WHOLE[text]
+    if whole.blocked is not None:
+        with pytest.raises(OutputBlocked):
+            await output.flush()
+    else:
+        assert await output.flush() == whole.content
+    assert len(calls) <= len(shipped()) and len(set(calls)) == len(calls)  # each rail at most once
 
 
 @pytest.mark.parametrize("text, forbidden, spans", CASES)
