@@ -28,6 +28,7 @@ from gateway.errors import STATUS_ERROR_TYPES, UnsupportedMediaType, describe, k
 from gateway.http.middleware import RequestContextMiddleware
 from gateway.http.reload import watch_folder
 from gateway.http.routes import ROUTES
+from gateway.mcp import load_mcp_gateway, mcp_route
 from gateway.metrics import Metrics
 from gateway.observability import build_tracer_provider
 from gateway.settings import EngineSettings, Settings
@@ -139,6 +140,8 @@ def create_app(
     tools = load_tool_guard(settings, tracer)
     approvals = ApprovalStore(redis)
     audit = AuditLog.from_settings(redis, settings)  # the audit key: audit_key_file, or --dev's own
+    key_store, limiter = KeyStore(redis, settings.key_cache_s), RateLimiter(redis)
+    mcp = load_mcp_gateway(settings, redis, sessions, guard, tools, approvals, audit, limiter, tracer, key_store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -173,8 +176,8 @@ def create_app(
             tracer_provider.shutdown()
 
     app = Litestar(
-        route_handlers=ROUTES,
-        lifespan=[lifespan],
+        route_handlers=[*ROUTES, *([mcp_route(mcp)] if mcp is not None else [])],
+        lifespan=[lifespan, *([mcp.lifespan] if mcp is not None else [])],  # /mcp: policies/mcp.yaml
         exception_handlers={Exception: handle_exception},
         before_request=require_json,
         request_max_body_size=settings.max_body_bytes,
@@ -185,9 +188,9 @@ def create_app(
     app.state.update(
         pool=pool, metrics=metrics, settings=settings, started_at=int(time.time()), redis=redis, sessions=sessions,
         redis_url=redis_url,
-        key_store=KeyStore(redis, settings.key_cache_s), responses=ResponseStore(redis, settings.session_ttl_s),
+        key_store=key_store, responses=ResponseStore(redis, settings.session_ttl_s), mcp=mcp,
         chat=ChatService(
-            pool, metrics, tracer, sessions, RateLimiter(redis), guard, tools, approvals, audit,
+            pool, metrics, tracer, sessions, limiter, guard, tools, approvals, audit,
             settings.audit_content, settings.trace_content,
         ),
         approvals=approvals, audit=audit, tracer_provider=tracer_provider,
