@@ -4,7 +4,10 @@ a quarter of the rules reading argument provenance over a 500-step session holdi
 (per call: the keys of its values, their origins from the session's index, the rules). Also the cost of
 indexing one step's tool result, and the index's size.
 
-    .venv/bin/python bench/policy_decisions.py [--calls 5000]
+    .venv/bin/python bench/policy_decisions.py [--calls 5000] [--baseline a01960d]
+
+`--baseline REV` first runs that revision's own copy of this script (its `rails/` and `bench/`, extracted
+with git archive, in a process of its own, on this environment) and prints both reports, before and now.
 """
 
 from __future__ import annotations
@@ -14,16 +17,16 @@ import gc
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import cel
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rails.tools.cel_runtime import CallState, RuleFailure, activation, bound, compile_condition, evaluate  # noqa: E402
 from rails.tools.config import load_tool_policy  # noqa: E402
 from rails.tools.decide import Decider, PastCall, SessionView, canonical  # noqa: E402
 from rails.tools.provenance import ProvenanceView, ValueIndex  # noqa: E402
@@ -112,19 +115,18 @@ def per_function(view: SessionView, index: ValueIndex, count: int) -> list[str]:
     rng = random.Random(5)
     rows = []
     for expression in ["has(call.args.to)", *PROVENANCE]:
-        program, timings = cel.compile(expression), []
+        program, timings = compile_condition(expression), []
         for i in range(count):
             args = {"amount": rng.randint(1, 300), "to": f"u{i}@example.com", "path": f"/tmp/{i}",
                     "body": f"see https://x{i}.example.net/a"}  # fmt: skip
             keys = lookup_keys(args, {"delete"})
             provenance = ProvenanceView(ValueIndex({k: index.entries[k] for k in keys if k in index.entries},
                                                    index.texts))  # fmt: skip
-            context = cel.Context({"call": {"id": "c", "name": "t", "args": args}})
-            for name, function in provenance.functions().items():
-                context.add_function(name, function)
-            started = time.perf_counter()
-            program.execute(context)
-            timings.append((time.perf_counter() - started) * 1000)
+            context = activation({"call": {"id": "c", "name": "t", "args": args}})
+            with bound(CallState(provenance=provenance)):
+                started = time.perf_counter()
+                program.eval(context)
+                timings.append((time.perf_counter() - started) * 1000)
         timings.sort()
         p50, p99 = statistics.median(timings), timings[round(0.99 * (len(timings) - 1))]
         rows.append(f"| `{expression}` | {p50:.3f} | {p99:.3f} |")
@@ -145,30 +147,41 @@ def naive(policy_text: str, view: SessionView):
     """Every rule compiled once but evaluated on every call, with a fresh full context each time."""
     import yaml
 
-    from rails.tools.decide import email_domain, path_under
-
-    rules = [(r, cel.compile(r["when"])) for r in yaml.safe_load(policy_text)["rules"]]
+    rules = [(r, compile_condition(r["when"])) for r in yaml.safe_load(policy_text)["rules"]]
     history = [{"name": c.name, "args": json.loads(c.arguments), "decision": c.decision} for c in view.calls]
 
     def decide(tool: str, arguments: str) -> str:
-        context = cel.Context({"call": {"name": tool, "args": json.loads(arguments)},
-                               "session": {"labels": sorted(view.labels), "calls": history,
-                                           "tool_counts": dict(view.tool_counts)}})  # fmt: skip
-        context.add_function("email_domain", email_domain)
-        context.add_function("path_under", path_under)
+        context = activation({"call": {"name": tool, "args": json.loads(arguments)},
+                              "session": {"labels": sorted(view.labels), "calls": history,
+                                          "tool_counts": dict(view.tool_counts)}})  # fmt: skip
         winner = "deny"
-        for rule, program in rules:
-            try:
-                if program.execute(context) is True:
-                    winner = rule["action"]
-            except Exception:
-                continue
+        with bound(CallState(view.tool_counts)):
+            for rule, program in rules:
+                try:
+                    if evaluate(program, context):
+                        winner = rule["action"]
+                except RuleFailure:
+                    continue
         return winner
 
     return decide
 
 
-def main(count: int) -> None:
+def baseline(revision: str, count: int) -> str:
+    """Another revision's report, from its own code (so that the runtimes compare in one sitting)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        archive = subprocess.run(["git", "archive", commit, "rails", "bench/policy_decisions.py", "bench/results"],
+                                 cwd=ROOT, check=True, capture_output=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        script = Path(folder) / "bench" / "policy_decisions.py"
+        out = subprocess.run([sys.executable, str(script), "--calls", str(count)], cwd=folder, check=True,
+                             capture_output=True, text=True).stdout  # fmt: skip
+    return f"## Before: {commit}\n\n{out.strip()}\n"
+
+
+def main(count: int, before: str | None) -> None:
     rng = random.Random(1)
     calls = [(rng.choice(TOOLS), json.dumps({"amount": rng.randint(1, 300), "to": "x@evil.test", "path": "/tmp/a"}))
              for _ in range(count)]  # fmt: skip
@@ -229,6 +242,10 @@ def main(count: int) -> None:
         *per_function(view, index, max(500, count // 2)),
     ]
     report = "\n".join(lines)
+    if before is not None:
+        head = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, check=True, capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+        report = f"{before}\n## Now: {head}\n\n{report}"
     print(report)
     (ROOT / "bench" / "results" / "policy_decisions.md").write_text(report + "\n")
 
@@ -236,4 +253,6 @@ def main(count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=5000)
-    main(parser.parse_args().calls)
+    parser.add_argument("--baseline", help="a git revision measured first, with its own code")
+    args = parser.parse_args()
+    main(args.calls, baseline(args.baseline, args.calls) if args.baseline else None)

@@ -14,25 +14,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import cel
 import msgspec
 import yaml
 
 from ..config import RailsConfigError, _line, _path_of, read_yaml
+from .cel_runtime import PROVENANCE_FUNCTIONS, ROOTS, compile_condition
 from .provenance import field_shape
 from .values import lookup_keys
 
 Action = Literal["allow", "deny", "require_approval"]
-ROOTS = frozenset({"call", "session", "request"})
-PROVENANCE_FUNCTIONS = frozenset({"provenance", "from_user", "trusted", "user_pointed", "tainted", "made_up",
-                                  "user_mentions", "sinks"})  # fmt: skip
-FUNCTIONS = PROVENANCE_FUNCTIONS | {
-    "size", "matches", "startsWith", "endsWith", "contains", "int", "uint", "double", "string", "bool", "bytes",
-    "type", "dyn", "duration", "timestamp", "has", "email_domain", "path_under", "lower", "tool_count",
-}  # fmt: skip
 _MENTIONS = re.compile(r"user_mentions\(([^)]*)\)")
 _LITERAL = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'")
-_BINDER = re.compile(r"\.\s*(?:exists|all|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
+_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*(\()?")
 _CEL_POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
 
 
@@ -100,7 +93,7 @@ class CompiledRule(msgspec.Struct, frozen=True):
     program: Any  # cel.Program | None
     reads_calls: bool  # the expression looks at session.calls (the history is built only then)
     reads_provenance: bool = False  # it calls a provenance function (registered in the context only then)
-    roots: frozenset[str] = ROOTS  # the variables it reads (call, session, request): only those are built
+    roots: frozenset[str] = frozenset(ROOTS)  # the variables it reads (call, session, request): only those are built
 
 
 class ToolRules(msgspec.Struct, frozen=True):
@@ -201,10 +194,10 @@ def load_tool_policy(path: Path) -> ToolPolicy:
             when_node = _node(node, [*where, "when"])
             line, message = _cel_line(when_node, problem)
             errors.append(f"{path}:{line}: rules[{index}].when ({rule.name}): {message}")
-        references = program.references() if program is not None else {"functions": [], "variables": []}
-        reads = bool(PROVENANCE_FUNCTIONS.intersection(references["functions"]))
-        roots = ROOTS.intersection(references["variables"]) | {"call"}
-        compiled.append(CompiledRule(rule, program, "session.calls" in (rule.when or ""), reads, frozenset(roots)))
+        variables, functions = _names(rule.when or "")
+        reads = bool(PROVENANCE_FUNCTIONS.intersection(functions))
+        roots = frozenset(variables.intersection(ROOTS) | {"call"})
+        compiled.append(CompiledRule(rule, program, "session.calls" in (rule.when or ""), reads, roots))
     seen: set[str] = set()
     for index, entry in enumerate(compiled):
         if entry is not None and entry.rule.name in seen:
@@ -238,18 +231,19 @@ def load_tool_policy(path: Path) -> ToolPolicy:
 
 def _compile(expression: str) -> tuple[Any, str | None]:
     try:
-        program = cel.compile(expression)
+        return compile_condition(expression), None
     except ValueError as exc:
         return None, str(exc)
-    references = program.references()
-    binders = set(_BINDER.findall(expression))
-    unknown_vars = sorted(set(references["variables"]) - ROOTS - binders)
-    unknown_fns = sorted(f for f in references["functions"] if f[0] not in "_@!" and f not in FUNCTIONS)
-    if unknown_vars:
-        return None, f"unknown variable {', '.join(unknown_vars)} (use call, session, request)"
-    if unknown_fns:
-        return None, f"unknown function {', '.join(unknown_fns)}"
-    return program, None
+
+
+def _names(expression: str) -> tuple[set[str], set[str]]:
+    """The variables and functions an expression names, outside its string literals (what the context of a
+    call must hold; a name a comprehension binds counts too, which only builds a variable more)."""
+    variables: set[str] = set()
+    functions: set[str] = set()
+    for name, call in _NAME.findall(_LITERAL.sub('""', expression)):
+        (functions if call else variables).add(name)
+    return variables, functions
 
 
 def _node(node: Any, path: list[str | int]) -> Any:

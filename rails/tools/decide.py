@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cel
 import jsonschema
 import msgspec
 
+from .cel_runtime import CallState, RuleFailure, activation, bound, evaluate
 from .config import ToolPolicy, ToolRules
 from .provenance import ProvenanceView
 
@@ -121,18 +120,6 @@ def arguments_sha256(arguments: Any) -> str:
     return hashlib.sha256(canonical(arguments).encode()).hexdigest()
 
 
-def path_under(path: str, root: str) -> bool:
-    """True when `path`, normalized (`..` resolved), is `root` or inside it."""
-    normal, base = posixpath.normpath(path), posixpath.normpath(root)
-    if not normal.startswith("/") and base.startswith("/"):
-        normal = posixpath.normpath(posixpath.join(base, normal))
-    return normal == base or normal.startswith(base.rstrip("/") + "/")
-
-
-def email_domain(address: str) -> str:
-    return address.rsplit("@", 1)[-1].strip().lower().rstrip(">")
-
-
 class Decider:
     """Decides calls for one policy set; `schemas` are the request's declared tools (name -> JSON schema)."""
 
@@ -189,24 +176,25 @@ class Decider:
         rules = self.policy.rules_for(tool)
         context = None
         results = []
-        for compiled in rules.rules:
-            rule = compiled.rule
-            matched, action, reason = True, rule.action, rule.reason or f"rule {rule.name}"
-            if compiled.program is not None:
-                if context is None:
-                    context = _context(call_id, tool, args, view, self.policy, rules)
-                try:
-                    matched = compiled.program.execute(context) is True
-                except Exception as exc:
-                    matched, action = True, "deny"
-                    reason = f"rule {rule.name} could not be evaluated: {failure(exc, rule.when or '', args)}"
-            results.append(RuleResult(rule.name, matched, action, reason, rule.shadow, rule.when))
+        with bound(CallState(view.tool_counts, view.provenance)):
+            for compiled in rules.rules:
+                rule = compiled.rule
+                matched, action, reason = True, rule.action, rule.reason or f"rule {rule.name}"
+                if compiled.program is not None:
+                    if context is None:
+                        context = _context(call_id, tool, args, view, self.policy, rules)
+                    try:
+                        matched = evaluate(compiled.program, context)
+                    except RuleFailure as exc:
+                        matched, action = True, "deny"
+                        reason = f"rule {rule.name} could not be evaluated: {failure(exc, rule.when or '', args)}"
+                results.append(RuleResult(rule.name, matched, action, reason, rule.shadow, rule.when))
         return results
 
 
 def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: ToolPolicy, rules: ToolRules) -> Any:
-    """The CEL context of one call, with only the variables the tool's rules read (converting a variable
-    into CEL costs more than most rules do)."""
+    """The CEL activation of one call, with only the variables the tool's rules read (converting a variable
+    into CEL costs more than most rules do); the functions answer from the state `bound` to the call."""
     roots = rules.roots
     variables: dict[str, Any] = {
         "call": {"id": call_id, "name": tool, "args": args if isinstance(args, dict) else {"value": args}}
@@ -224,42 +212,37 @@ def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: Tool
         variables["session"] = session
     if "request" in roots:
         variables["request"] = {"tenant": view.tenant, "model": view.model}
-    context = cel.Context(variables)
-    context.add_function("email_domain", email_domain)
-    context.add_function("path_under", path_under)
-    context.add_function("lower", str.lower)
-    context.add_function("tool_count", view.tool_counts.__getitem__)  # a function: no per-call map copy
-    if rules.reads_provenance:
-        for name, function in view.provenance.functions().items():
-            context.add_function(name, function)
-    return context
+    return activation(variables)
 
 
 _ARG = re.compile(r"call\.args\.([A-Za-z_]\w*)")
-_FUNCTION_ERROR = re.compile(r"Function '(\w+)' error: (.*?)(?:\. Check function arguments.*)?$", re.DOTALL)
+_MISSING = re.compile(r"Key not found in map : \"((?:[^\"\\]|\\.)*)\"|No such key: (\S+)")
+_FAILED = re.compile(r"^(\w+\(\) failed: .*)$", re.DOTALL)
 _CEL_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list", dict: "a map"}
 
 
 def failure(exc: Exception, when: str, args: Any) -> str:
     """Why a rule could not be evaluated, in the policy's terms: the argument that is missing or has a
-    type the rule cannot use, not a Python exception."""
+    type the rule cannot use, not the runtime's message."""
     args = args if isinstance(args, dict) else {}
+    message = str(exc)
     used = list(dict.fromkeys(_ARG.findall(when)))
     missing = [name for name in used if name not in args]
-    if isinstance(exc, KeyError):
-        key = exc.args[0] if exc.args else ""
+    found = _MISSING.search(message)
+    if found is not None:
+        key = found.group(1) if found.group(1) is not None else found.group(2)
         if key in missing or (missing and key not in args):
             name = key if key in missing else missing[0]
             return f"the call has no argument {name!r} (test for it with has(call.args.{name}))"
         return f"the rule reads a field {key!r} that its value does not have"
     types = ", ".join(f"{name} is {_CEL_TYPES.get(type(args[name]), type(args[name]).__name__)}"
                       for name in used if name in args)  # fmt: skip
-    found = _FUNCTION_ERROR.match(str(exc))
-    if found is not None:
-        return f"{found.group(1)}() failed: {found.group(2).strip()}" + (f" ({types})" if types else "")
-    if "no such overload" in str(exc).lower():
-        return "a value has a type the rule's operator or function does not take" + (f" ({types})" if types else "")
-    return f"{type(exc).__name__}: {exc}"
+    suffix = f" ({types})" if types else ""
+    if (failed := _FAILED.match(message)) is not None:
+        return failed.group(1).strip() + suffix
+    if "no matching overload" in message.lower():
+        return "a value has a type the rule's operator or function does not take" + suffix
+    return message + suffix
 
 
 _validators: dict[str, jsonschema.protocols.Validator] = {}

@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 import yaml
 
-from .values import MAX_PHRASE, MAX_WHOLE, entities, leaves, sinks, value_keys, words
+from .values import MAX_PHRASE, MAX_WHOLE, entities, leaves, value_keys, words
 
 PROMPT = frozenset({"user", "system", "developer"})
 MAX_FIELD_PHRASES = MAX_PHRASE  # a tool-result field (or plain result) this short is indexed by its phrases too
@@ -330,7 +330,7 @@ class ProvenanceView:
         return any(isinstance(leaf, str) and any(o.source in PROMPT for o in self.leaf_origins(leaf) or ())
                    for leaf in leaves(args))  # fmt: skip
 
-    # The functions rules call (registered in the CEL context under these names).
+    # The functions rules call (declared in `cel_runtime`, which calls these for the call being decided).
     def provenance(self, value: Any) -> list[dict[str, Any]]:
         return [o.as_cel() for o in self.origins(value)]
 
@@ -352,8 +352,3 @@ class ProvenanceView:
     def user_mentions(self, *phrases: str) -> bool:
         return any(o.source in PROMPT for phrase in phrases for key in value_keys(phrase)[:1]
                    for o in self.key_origins(key))  # fmt: skip
-
-    def functions(self) -> dict[str, Callable[..., Any]]:
-        return {"provenance": self.provenance, "from_user": self.from_user, "trusted": self.trusted,
-                "user_pointed": self.user_pointed, "tainted": self.tainted, "made_up": self.made_up,
-                "user_mentions": self.user_mentions, "sinks": sinks}  # fmt: skip

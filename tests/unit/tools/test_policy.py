@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from rails.config import RailsConfigError
+from rails.tools.cel_runtime import path_under
 from rails.tools.config import load_tool_policy
-from rails.tools.decide import Decider, PastCall, SessionView, canonical, path_under
+from rails.tools.decide import Decider, PastCall, SessionView, canonical
 
 ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = load_tool_policy(ROOT / "policies" / "examples" / "strict-agent" / "tools.yaml")
@@ -139,7 +140,8 @@ def test_every_load_error_is_reported_with_its_line(tmp_path):
     errors = caught.value.errors
     assert len(errors) == 5, errors
     assert errors[0].startswith(f"{path}:5: rules[0].when (syntax): CEL error at column")
-    assert errors[1].startswith(f"{path}:10: rules[1].when (typo)") and "unknown variable sesion" in errors[1]
+    # the typo's own line inside the block, and its column
+    assert errors[1].startswith(f"{path}:12: rules[1].when (typo): CEL error at column 7: unknown variable sesion")
     assert errors[2].startswith(f"{path}:15: rules[2]") and "maybe" in errors[2]
     assert errors[3].startswith(f"{path}:18: rules[3].when (fn)") and "unknown function shout" in errors[3]
     assert errors[4].startswith(f"{path}:20: rules[4]") and "duplicate rule name 'fn'" in errors[4]

@@ -1,0 +1,189 @@
+"""The CEL runtime of tool policies: Google's CEL (the C++ implementation, through `cel-expr-python`).
+
+One environment serves every policy file: the variables rules read (`call`, `session`, `request`, maps
+with string keys) and the functions they call, each declared with typed overloads so that the checker
+rejects a misspelt name or a wrong argument type when the file loads, not when a call arrives. CEL's
+standard library and its `strings` extension come with it.
+
+Functions that answer about the call being decided (`tool_count`, the provenance functions) read the
+per-call state set around one evaluation (`bound`), so a compiled expression is shared by every call
+and the variables converted into CEL are only the ones the tool's rules read.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from cel_expr_python import cel
+from cel_expr_python.ext import ext_strings
+
+from .provenance import ProvenanceView
+from .values import sinks
+
+T = cel.Type
+ROOTS = ("call", "session", "request")
+PROVENANCE_FUNCTIONS = frozenset({"provenance", "from_user", "trusted", "user_pointed", "tainted", "made_up",
+                                  "user_mentions", "sinks"})  # fmt: skip
+_ANY = {
+    "string": T.STRING,
+    "int": T.INT,
+    "uint": T.UINT,
+    "double": T.DOUBLE,
+    "bool": T.BOOL,
+    "null": T.NULL,
+    "list": T.LIST,
+    "map": T.MAP,
+}  # fmt: skip  (a Python implementation is matched by the argument's type)
+_STATUS = re.compile(r"^[A-Z_]+: ")
+_UNDECLARED = re.compile(r"undeclared reference to '([\w.]+)'(?: \(in container ''\))?")
+_CONDITION_TYPES = (T.BOOL, T.DYN)
+
+
+class RuleFailure(Exception):
+    """A rule that could not be evaluated for this call (the message names the problem in CEL's terms)."""
+
+
+@dataclass
+class CallState:
+    """What the functions of one evaluation answer from: the session's allowed calls per tool and where
+    the call's values came from."""
+
+    tool_counts: Counter[str] = field(default_factory=Counter)
+    provenance: ProvenanceView = field(default_factory=ProvenanceView)
+
+
+_STATE: contextvars.ContextVar[CallState] = contextvars.ContextVar("sentrail_cel_call")
+_IDLE = CallState()  # outside an evaluation (nothing counted, nothing indexed)
+
+
+@contextmanager
+def bound(state: CallState) -> Iterator[None]:
+    token = _STATE.set(state)
+    try:
+        yield
+    finally:
+        _STATE.reset(token)
+
+
+def email_domain(address: str) -> str:
+    return address.rsplit("@", 1)[-1].strip().lower().rstrip(">")
+
+
+def path_under(path: str, root: str) -> bool:
+    """True when `path`, normalized (`..` resolved), is `root` or inside it."""
+    normal, base = posixpath.normpath(path), posixpath.normpath(root)
+    if not normal.startswith("/") and base.startswith("/"):
+        normal = posixpath.normpath(posixpath.join(base, normal))
+    return normal == base or normal.startswith(base.rstrip("/") + "/")
+
+
+def _per_call(method: str) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        return getattr(_STATE.get(_IDLE).provenance, method)(*args)
+
+    return call
+
+
+def _named(name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+    """The implementation, with a failure reported as `name() failed: why` (what the rule's reason shows)."""
+
+    def call(*args: Any) -> Any:
+        try:
+            return impl(*args)
+        except Exception as exc:
+            raise ValueError(f"{name}() failed: {exc}") from None
+
+    return call
+
+
+def _function(name: str, impl: Callable[..., Any], result: Any, *params: Any) -> cel.FunctionDecl:
+    """`params` are types or `None` for a value of any type (one overload per CEL type, one level deep)."""
+    implementation = _named(name, impl)
+    signatures: list[list[tuple[str, Any]]] = [[]]
+    for param in params:
+        choices = list(_ANY.items()) if param is None else [(param.name().lower(), param)]
+        signatures = [[*sig, choice] for sig in signatures for choice in choices]
+    overloads = [cel.Overload("_".join([name, *(kind for kind, _ in sig)]), result, [t for _, t in sig],
+                              impl=implementation) for sig in signatures]  # fmt: skip
+    return cel.FunctionDecl(name, overloads)
+
+
+def _declarations() -> list[cel.FunctionDecl]:
+    origin = T.Map(T.STRING, T.DYN)
+    mentions = [cel.Overload(f"user_mentions_{n}", T.BOOL, [T.STRING] * n, impl=_named("user_mentions",
+                             _per_call("user_mentions"))) for n in range(1, 5)]  # fmt: skip
+    return [
+        _function("email_domain", email_domain, T.STRING, T.STRING),
+        _function("path_under", path_under, T.BOOL, T.STRING, T.STRING),
+        _function("lower", str.lower, T.STRING, T.STRING),
+        _function("tool_count", lambda name: _STATE.get(_IDLE).tool_counts[name], T.INT, T.STRING),
+        _function("provenance", _per_call("provenance"), T.List(origin), None),
+        _function("from_user", _per_call("from_user"), T.BOOL, None),
+        _function("trusted", _per_call("trusted"), T.BOOL, None),
+        _function("user_pointed", _per_call("user_pointed"), T.BOOL, None),
+        _function("made_up", _per_call("made_up"), T.BOOL, None),
+        _function("tainted", _per_call("tainted"), T.BOOL, None, T.STRING),
+        cel.FunctionDecl("user_mentions", mentions),
+        _function("sinks", sinks, T.List(T.STRING), None),
+    ]
+
+
+_env: Any = None
+_DECLARED = frozenset({"email_domain", "path_under", "lower", "tool_count"} | PROVENANCE_FUNCTIONS)
+
+
+def environment() -> Any:
+    global _env
+    if _env is None:
+        variables = dict.fromkeys(ROOTS, T.Map(T.STRING, T.DYN))
+        _env = cel.NewEnv(variables=variables, extensions=[ext_strings.ExtStrings()], functions=_declarations())
+    return _env
+
+
+def compile_condition(expression: str) -> Any:
+    """The checked expression; raises `ValueError` with CEL's message (positions as `<input>:line:col`),
+    unknown names said as such."""
+    try:
+        program = environment().compile(expression)
+    except Exception as exc:
+        raise ValueError(_explain_compile(str(exc), expression)) from None
+    if program.return_type() not in _CONDITION_TYPES:
+        raise ValueError(f"a condition must be true or false; this one gives {program.return_type().name().lower()}")
+    return program
+
+
+def _explain_compile(message: str, expression: str) -> str:
+    message = _STATUS.sub("", message).removeprefix("ERROR: ")
+
+    def undeclared(found: re.Match[str]) -> str:
+        name = found.group(1)
+        if name in _DECLARED:
+            return f"{name}() does not take this number of arguments"
+        if re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", expression):
+            return f"unknown function {name}"
+        return f"unknown variable {name.split('.')[0]} (use {', '.join(ROOTS)})"
+
+    return _UNDECLARED.sub(undeclared, message)
+
+
+def activation(variables: dict[str, Any]) -> Any:
+    return environment().Activation(variables)
+
+
+def evaluate(program: Any, context: Any) -> bool:
+    """True when the condition holds; `RuleFailure` when it cannot be evaluated (an error value or a
+    runtime refusal), with CEL's message without its status code."""
+    try:
+        result = program.eval(context)
+    except Exception as exc:
+        raise RuleFailure(_STATUS.sub("", str(exc))) from None
+    if result.type() == T.ERROR:
+        raise RuleFailure(_STATUS.sub("", str(result.value())))
+    return result.value() is True

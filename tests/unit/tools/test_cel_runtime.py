@@ -1,0 +1,115 @@
+"""The CEL runtime of tool policies: what the checker refuses when a file loads (with file:line), how
+functions reach the call being decided, and the reasons a rule that cannot be evaluated gives."""
+
+from collections import Counter
+
+import pytest
+
+from rails.config import RailsConfigError
+from rails.tools.cel_runtime import CallState, activation, bound, compile_condition, evaluate
+from rails.tools.config import load_tool_policy
+from rails.tools.decide import Decider, PastCall, SessionView
+from rails.tools.provenance import ProvenanceView, ValueIndex
+
+
+def _policy(tmp_path, *rules: str, default: str = "allow"):
+    body = "".join(f"  - {rule}\n" for rule in rules)
+    (tmp_path / "tools.yaml").write_text(f"default: {default}\nrules:\n{body}")
+    return load_tool_policy(tmp_path / "tools.yaml")
+
+
+def _errors(tmp_path, when: str) -> list[str]:
+    with pytest.raises(RailsConfigError) as caught:
+        _policy(tmp_path, f"{{name: r, tools: [t], action: deny, when: '{when}'}}")
+    return caught.value.errors
+
+
+@pytest.mark.parametrize(
+    ("when", "says"),
+    [
+        ("size(call.args)", "a condition must be true or false; this one gives int"),
+        ('email_domain(1) == "x"', "found no matching overload for 'email_domain' applied to '(int)'"),
+        ('user_mentions("a", "b", "c", "d", "e")', "user_mentions() does not take this number of arguments"),
+        ("trusted(call.args.to, 1)", "trusted() does not take this number of arguments"),
+        ('tool_count(call.name) > "3"', "found no matching overload for '_>_'"),
+        ('calls.exists(c, c.name == "x")', "unknown variable calls (use call, session, request)"),
+        ("shout(call.name)", "unknown function shout"),
+    ],
+)
+def test_the_checker_refuses_at_load_with_the_line_and_column(tmp_path, when, says):
+    (error,) = _errors(tmp_path, when)
+    assert error.startswith(f"{tmp_path / 'tools.yaml'}:3: rules[0].when (r): "), error
+    assert says in error, error
+
+
+def test_functions_take_values_of_every_shape(tmp_path):
+    policy = _policy(
+        tmp_path,
+        "{name: args, tools: [pay], when: '!trusted(call.args)', action: deny}",
+        "{name: list, tools: [invite], when: 'made_up(call.args.people)', action: deny}",
+        "{name: caps, tools: [mail], when: '!call.args.to.lowerAscii().endsWith(\"@example.com\")', action: deny}",
+    )
+    index = ValueIndex()
+    index.add_message("user", "pay DE89370400440532013000 and invite ann@example.com, bob@example.com", 1)
+    view = SessionView("s", provenance=ProvenanceView(index))
+    decide = Decider(policy, None).decide
+    assert (
+        decide(
+            "c", "pay", '{"iban": "DE89370400440532013000", "to": {"iban": "DE89 3704 0044 0532 0130 00"}}', view
+        ).action
+        == "allow"
+    )
+    assert decide("c", "pay", '{"iban": "NL91ABNA0417164300"}', view).rule == "args"
+    assert decide("c", "invite", '{"people": ["ann@example.com", "bob@example.com"]}', view).action == "allow"
+    assert decide("c", "invite", '{"people": ["ann@example.com", "eve@evil.test"]}', view).rule == "list"
+    assert decide("c", "mail", '{"to": "Ann@EXAMPLE.com"}', view).action == "allow"
+    assert decide("c", "mail", '{"to": "eve@evil.test"}', view).rule == "caps"
+
+
+def test_functions_answer_for_the_call_being_decided_only():
+    program = compile_condition('tool_count("search") >= 2')
+    context = {"call": {"id": "c", "name": "t", "args": {}}}
+    with bound(CallState(Counter(search=2))):
+        assert evaluate(program, activation(context)) is True
+    assert evaluate(program, activation(context)) is False  # outside: nothing counted
+    with bound(CallState(Counter(search=1))):
+        assert evaluate(program, activation(context)) is False
+
+
+def test_a_rule_that_cannot_be_evaluated_denies_with_a_reason_in_the_policy_terms(tmp_path):
+    policy = _policy(
+        tmp_path,
+        "{name: domain, tools: [mail], when: 'email_domain(call.args.to) == \"example.com\"', action: allow}",
+        "{name: nested, tools: [book], when: 'call.args.hotel.city == \"Paris\"', action: allow}",
+        "{name: amount, tools: [pay], when: 'double(call.args.amount) > 100.0', action: require_approval}",
+        default="deny",
+    )
+    view = SessionView("s")
+    decide = Decider(policy, None).decide
+    typed = decide("c", "mail", '{"to": 5}', view)
+    assert typed.action == "deny" and typed.rule == "domain"
+    assert typed.reason == (
+        "rule domain could not be evaluated: a value has a type the rule's operator or function does not take "
+        "(to is an integer)"
+    )
+    nested = decide("c", "book", '{"hotel": {"name": "Ritz"}}', view)
+    assert (
+        nested.reason
+        == "rule nested could not be evaluated: the rule reads a field 'city' that its value does not have"
+    )
+    words = decide("c", "pay", '{"amount": "a lot"}', view)
+    assert words.action == "deny" and "could not be evaluated" in words.reason and "amount is a string" in words.reason
+    assert "Error" not in words.reason and "INVALID_ARGUMENT" not in words.reason
+    assert decide("c", "pay", '{"amount": 500}', view).action == "require_approval"
+    assert decide("c", "pay", '{"amount": "50"}', view).action == "deny"  # a numeric string converts: no rule matched
+
+
+def test_session_calls_are_visible_to_rules(tmp_path):
+    policy = _policy(
+        tmp_path,
+        '{name: after-read, tools: [send], when: \'session.calls.exists(c, c.name == "read" && c.args.path == "/a")\','
+        " action: deny}",
+    )
+    view = SessionView.build("s", [PastCall("read", '{"path":"/a"}', "allow")])
+    assert Decider(policy, None).decide("c", "send", "{}", view).rule == "after-read"
+    assert Decider(policy, None).decide("c", "send", "{}", SessionView("s")).action == "allow"
