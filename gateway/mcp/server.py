@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
+import msgspec
 import structlog
 from litestar import asgi
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -107,7 +107,7 @@ class McpGateway:
             key = await self._authenticate(scope)
         except GatewayError as exc:
             error_type, message, param = describe(exc)
-            body = json.dumps(to_error_body(error_type, message, param)).encode()
+            body = msgspec.json.encode(to_error_body(error_type, message, param))
             headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
             await send({"type": "http.response.start", "status": kind_of(error_type).status, "headers": headers})
             await send({"type": "http.response.body", "body": body})

@@ -110,15 +110,20 @@ class Upstream:
             raise UpstreamUnavailable(f"MCP server {self.name!r} did not answer {what} in {timeout_s:g} s") from None
         except MCPError as exc:
             if exc.error.code == types.CONNECTION_CLOSED:
-                self._broken.set()
+                self._mark_broken()
                 raise UpstreamUnavailable(f"MCP server {self.name!r} closed the connection during {what}; "
                                           "it is being restarted") from None  # fmt: skip
             if exc.error.code == types.REQUEST_TIMEOUT:
                 raise UpstreamUnavailable(f"MCP server {self.name!r} did not answer {what} in time") from None
             raise  # a protocol error the server answered with (unknown tool, invalid params): the caller maps it
         except (OSError, httpx2.HTTPError) as exc:
-            self._broken.set()
+            self._mark_broken()
             raise UpstreamUnavailable(f"MCP server {self.name!r} is unreachable: {type(exc).__name__}") from None
+
+    def _mark_broken(self) -> None:
+        """The connection is gone: calls from now on wait for the restarted one."""
+        self.ready.clear()
+        self._broken.set()
 
     async def _supervise(self) -> None:
         attempt = 0
