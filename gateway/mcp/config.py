@@ -86,7 +86,9 @@ def load_mcp_config(path: Path) -> McpConfig:
         try:
             server = msgspec.convert(entry, UpstreamConfig)
         except msgspec.ValidationError as exc:
-            errors.append(f"{path}:{_line(node, ['servers', index, *_path_of(exc)])}: servers[{index}]: {exc}")
+            unknown = re.search(r"unknown field `([^`]+)`", str(exc))
+            at = [unknown.group(1)] if unknown else _path_of(exc)
+            errors.append(f"{path}:{_line(node, ['servers', index, *at])}: servers[{index}]: {exc}")
             continue
         problem = _server_problem(server)
         if problem:
