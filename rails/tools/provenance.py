@@ -293,6 +293,9 @@ class ProvenanceView:
     def __init__(self, *indexes: ValueIndex, untrusted: Iterable[str] = ("untrusted",)) -> None:
         self.indexes = indexes
         self.untrusted = frozenset(untrusted)
+        # The indexes do not change while a step's calls are decided, and its rules ask about the same
+        # values again and again (trusted, tainted, from_user of one argument): each leaf is traced once.
+        self._leaves: dict[tuple[type, Any], list[Origin] | None] = {}
 
     def key_origins(self, key: str) -> list[Origin]:
         if len(self.indexes) == 1:
@@ -304,12 +307,17 @@ class ProvenanceView:
 
     def leaf_origins(self, leaf: Any) -> list[Origin] | None:
         """The origins of one scalar; None for what has no identity to trace (booleans, null, blanks)."""
+        memo = (leaf.__class__, leaf)
+        if memo in self._leaves:
+            return self._leaves[memo]
         keys = value_keys(leaf)
-        if not keys:
-            return None
-        found: list[Origin] = []
-        for key in keys:
-            found.extend(o for o in self.key_origins(key) if o not in found)
+        found: list[Origin] | None = None
+        if keys:
+            found = []
+            for key in keys:
+                found.extend(o for o in self.key_origins(key) if o not in found)
+        if len(self._leaves) < 4096:
+            self._leaves[memo] = found
         return found
 
     def origins(self, value: Any) -> list[Origin]:
