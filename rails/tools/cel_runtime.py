@@ -117,8 +117,16 @@ def _function(name: str, impl: Callable[..., Any], result: Any, *params: Any) ->
 
 def _declarations() -> list[cel.FunctionDecl]:
     origin = T.Map(T.STRING, T.DYN)
-    mentions = [cel.Overload(f"user_mentions_{n}", T.BOOL, [T.STRING] * n, impl=_named("user_mentions",
-                             _per_call("user_mentions"))) for n in range(1, 5)]  # fmt: skip
+    asked = _named("user_mentions", _per_call("user_mentions"))
+    mentions = [cel.Overload(f"user_mentions_{n}", T.BOOL, [T.STRING] * n, impl=asked) for n in range(1, 9)]
+    mentions.append(
+        cel.Overload(
+            "user_mentions_list",
+            T.BOOL,
+            [T.List(T.STRING)],
+            impl=_named("user_mentions", lambda words: _per_call("user_mentions")(*words)),
+        )
+    )
     return [
         _function("email_domain", email_domain, T.STRING, T.STRING),
         _function("path_under", path_under, T.BOOL, T.STRING, T.STRING),

@@ -2,6 +2,7 @@
 functions reach the call being decided, and the reasons a rule that cannot be evaluated gives."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ def _errors(tmp_path, when: str) -> list[str]:
     [
         ("size(call.args)", "a condition must be true or false; this one gives int"),
         ('email_domain(1) == "x"', "found no matching overload for 'email_domain' applied to '(int)'"),
-        ('user_mentions("a", "b", "c", "d", "e")', "user_mentions() does not take this number of arguments"),
+        ("user_mentions(" + ", ".join(['"w"'] * 9) + ")", "user_mentions() does not take this number of arguments"),
         ("trusted(call.args.to, 1)", "trusted() does not take this number of arguments"),
         ('tool_count(call.name) > "3"', "found no matching overload for '_>_'"),
         ('calls.exists(c, c.name == "x")', "unknown variable calls (use call, session, request)"),
@@ -113,3 +114,29 @@ def test_session_calls_are_visible_to_rules(tmp_path):
     view = SessionView.build("s", [PastCall("read", '{"path":"/a"}', "allow")])
     assert Decider(policy, None).decide("c", "send", "{}", view).rule == "after-read"
     assert Decider(policy, None).decide("c", "send", "{}", SessionView("s")).action == "allow"
+
+
+def test_user_mentions_takes_several_words_or_a_list(tmp_path):
+    policy = _policy(
+        tmp_path,
+        '{name: words, tools: [mail], when: \'!user_mentions("email", "mail", "send", "reply", "forward")\','
+        " action: deny}",
+        '{name: list, tools: [rm], when: \'!user_mentions(["delete", "remove", "trash", "clean", "purge"])\','
+        " action: deny}",
+    )
+    index = ValueIndex()
+    index.add_message("user", "Please forward it to Bob, then purge the old drafts", 1)
+    view = SessionView("s", provenance=ProvenanceView(index))
+    assert Decider(policy, None).decide("c", "mail", "{}", view).action == "allow"
+    assert Decider(policy, None).decide("c", "rm", "{}", view).action == "allow"
+    quiet = SessionView("s", provenance=ProvenanceView(ValueIndex()))
+    assert Decider(policy, None).decide("c", "mail", "{}", quiet).rule == "words"
+    assert Decider(policy, None).decide("c", "rm", "{}", quiet).rule == "list"
+
+
+def test_every_policy_file_in_the_repository_loads():
+    root = Path(__file__).resolve().parents[3]
+    files = sorted(root.glob("policies/**/tools.yaml")) + sorted(root.glob("bench/agentdojo/policies/*/*/tools.yaml"))
+    assert len(files) >= 10
+    for path in files:
+        load_tool_policy(path)  # raises with file:line on any error
