@@ -169,12 +169,17 @@ class CallJudge:
             await self._commit(ctx, pending, request, judge, call_id, name, raw, blocked.decisions)
             text = f"[sentrail] The result of tool {name} was withheld: {blocked}."
             return Outcome(tool_error(text), "blocked", decision, blocked.decisions)
-        pending.observe(request)
-        if self.tools is not None:
-            self.tools.label(request, pending, rails)
         content = request.messages[0].content
         checked = [part.text for part in content] if isinstance(content, list) else []
         masked = apply_texts(result, texts, checked)
+        # The session records, labels and indexes one text: the structured content when there is one (its
+        # fields keep their paths for provenance), else the text contents.
+        structured = [t for (where, _), t in zip(texts, checked, strict=True) if where[0] == "structured"]
+        whole = structured[0] if structured else "\n".join(checked)
+        request = msgspec.structs.replace(request, messages=[ToolMessage(whole, call_id)])
+        pending.observe(request)
+        if self.tools is not None:
+            self.tools.label(request, pending, rails)
         await self._commit(ctx, pending, request, judge, call_id, name, raw, rails)
         return Outcome(masked, "allow", decision, rails)
 

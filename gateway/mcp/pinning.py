@@ -57,9 +57,11 @@ class Pins:
         self.on_change = on_change  # block | approval | allow
         self.ttl_s = ttl_s  # how long an approval ticket for a change stays open
 
-    async def check(self, tenant: str, server: str, tools: dict[str, str]) -> dict[str, PinCheck]:
+    async def check(
+        self, tenant: str, server: str, tools: dict[str, str], shown: types.Tool | None = None
+    ) -> dict[str, PinCheck]:
         """tool name -> its definition's SHA-256, checked against the tenant's pins in one round trip (more
-        only for first sights and changes)."""
+        only for first sights and changes). `shown`: the new definition, for an approver to read in the ticket."""
         if not tools:
             return {}
         names = sorted(tools)
@@ -77,7 +79,7 @@ class Pins:
             elif pin.decode() == digest:
                 checks[name] = PinCheck("unchanged", True)
             else:
-                checks[name] = await self._changed(tenant, server, name, digest, pin.decode(), ticket)
+                checks[name] = await self._changed(tenant, server, name, digest, pin.decode(), ticket, shown)
         if first:  # a concurrent first sight of another definition wins the pin; this one then reads as changed
             async with self.redis.pipeline(transaction=False) as pipe:
                 for field, digest in first.items():
@@ -88,7 +90,9 @@ class Pins:
                     checks[field.split("/", 1)[1]] = PinCheck("unchanged", True)
         return checks
 
-    async def _changed(self, tenant: str, server: str, name: str, digest: str, previous: str, ticket: Any) -> PinCheck:
+    async def _changed(
+        self, tenant: str, server: str, name: str, digest: str, previous: str, ticket: Any, shown: types.Tool | None
+    ) -> PinCheck:
         field = f"{server}/{name}"
         if self.on_change == "allow":
             await self.redis.hset(_key(tenant), field, digest)
@@ -111,7 +115,9 @@ class Pins:
             if found is not None:  # rejected: the change stays refused, and is not asked again
                 return PinCheck("changed", False, previous, found.id)
         now = time.time()
-        arguments = json.dumps({"server": server, "tool": name, "definition_sha256": digest, "pinned_sha256": previous})
+        definition = {"description": shown.description or "", "inputSchema": shown.input_schema} if shown else {}
+        arguments = json.dumps({"server": server, "tool": name, **definition, "definition_sha256": digest,
+                                "pinned_sha256": previous}, ensure_ascii=False)[:16_000]  # fmt: skip
         new = Ticket(
             id=new_ticket_id(), tenant=tenant, session_id=PIN_SESSION, call_id=f"definition:{field}", tool=name,
             arguments=arguments, arguments_sha256=digest, policy_version="", created_at=now,

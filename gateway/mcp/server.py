@@ -36,7 +36,7 @@ from mcp.shared.exceptions import MCPError
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from gateway.errors import Forbidden, GatewayError, describe, kind_of, to_error_body
+from gateway.errors import Forbidden, describe, kind_of, to_error_body
 from gateway.mcp.calls import CallJudge, McpContext, tool_error
 from gateway.mcp.config import SEPARATOR, TOOL_NAME, McpConfig
 from gateway.mcp.pinning import PinCheck, Pins, definition_sha256
@@ -105,7 +105,7 @@ class McpGateway:
         """One HTTP request to the endpoint: the caller's key (401/403 as OpenAI errors), then the SDK."""
         try:
             key = await self._authenticate(scope)
-        except GatewayError as exc:
+        except Exception as exc:  # a bad key (401, 403) or the key store down (503): fail closed
             error_type, message, param = describe(exc)
             body = msgspec.json.encode(to_error_body(error_type, message, param))
             headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
@@ -133,13 +133,13 @@ class McpGateway:
         with self._span(ctx, call, "tools/list", None) as span:
             try:
                 listed, hidden, unavailable, events = await self.listing(call.key.tenant)
-            except GatewayError as exc:
-                raise _protocol_error(exc) from None
+                event = {"type": "mcp_list", "session_id": call.session_id, "request_id": call.request_id,
+                         "mcp_session_id": call.mcp_session_id, "key_id": call.key.key_id, "hidden": hidden,
+                         "tools": sorted(e.name for e in listed), "unavailable": unavailable}  # fmt: skip
+                await self._audit(call.key.tenant, [*events, event])  # before the agent hears of any tool
+            except Exception as exc:
+                raise _protocol_error(exc, span) from None
             span.set_attributes({"sentrail.mcp.tools": len(listed), "sentrail.mcp.hidden": len(hidden)})
-            event = {"type": "mcp_list", "session_id": call.session_id, "request_id": call.request_id,
-                     "mcp_session_id": call.mcp_session_id, "key_id": call.key.key_id,
-                     "tools": sorted(e.name for e in listed), "hidden": hidden, "unavailable": unavailable}  # fmt: skip
-            await self._audit(call.key.tenant, [*events, event])
             log.info("mcp_tools_listed", tools=len(listed), hidden=len(hidden), unavailable=unavailable)
         return types.ListToolsResult(tools=[e.tool.model_copy(update={"name": e.name}) for e in listed])
 
@@ -182,7 +182,8 @@ class McpGateway:
 
     async def admit(self, tenant: str, exposed: Exposed) -> tuple[str, list[dict[str, Any]]]:
         """Why this tool may not be listed or called ("" when it may), and the audit events of what was found."""
-        check = (await self.pins.check(tenant, exposed.server, {exposed.tool.name: exposed.digest}))[exposed.tool.name]
+        tool = exposed.tool
+        check = (await self.pins.check(tenant, exposed.server, {tool.name: exposed.digest}, tool))[tool.name]
         flagged, decisions = await self._description(exposed)
         events = _pin_events(exposed, check, self.pins.on_change, flagged, decisions)
         if not check.pinned:
@@ -218,9 +219,8 @@ class McpGateway:
         with self._span(ctx, call, "tools/call", params.name) as span:
             try:
                 result, action = await self.call(call, params.name, dict(params.arguments or {}))
-            except GatewayError as exc:
-                span.set_status(Status(StatusCode.ERROR, exc.error_type))
-                raise _protocol_error(exc) from None
+            except Exception as exc:  # nothing ran upstream unless the call was judged; fail closed
+                raise _protocol_error(exc, span) from None
             span.set_attribute("sentrail.tool.decision", action)
             if result.is_error:
                 span.set_attributes({"error.type": "tool_error"})
@@ -350,8 +350,16 @@ def _valid_name(name: str) -> bool:
     return bool(TOOL_NAME.match(name))
 
 
-def _protocol_error(exc: GatewayError) -> MCPError:
+def _protocol_error(exc: Exception, span: Any) -> MCPError:
+    """A JSON-RPC error that names the error type (store_unavailable, rate_limit_exceeded, budget_exceeded,
+    internal_error) with a client-safe message; the details of an unexpected one are logged only."""
+    if isinstance(exc, MCPError):
+        return exc
     error_type, message, _ = describe(exc)
+    if error_type == "internal_error":
+        log.error("mcp_request_failed", exc_info=exc)
+    span.set_status(Status(StatusCode.ERROR, error_type))
+    span.set_attribute("error.type", error_type)
     return MCPError(code=STORE_ERROR, message=f"{error_type}: {message}")
 
 

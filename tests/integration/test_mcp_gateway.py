@@ -15,6 +15,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.conftest import RedisServer
 from tests.integration.mcp_support import (
     NOTES,
     HttpUpstream,
@@ -87,6 +88,10 @@ async def test_an_allowed_call_reaches_the_server_and_is_a_step_of_the_session(r
     assert call.attributes["gen_ai.operation.name"] == "execute_tool"
     assert call.attributes["gen_ai.tool.name"] == "get_current_time"
     assert call.attributes["sentrail.tool.decision"] == "allow"
+    finished = {s.context.span_id: s for s in spans.get_finished_spans()}
+    assert finished[call.parent.span_id].name.startswith("POST")  # under the HTTP request that carried it
+    upstream = next(s for s in finished.values() if s.name == "tools/call get_current_time" and s.kind.name == "CLIENT")
+    assert upstream.parent.span_id == call.context.span_id and upstream.attributes["sentrail.mcp.server"] == "time"
     assert any(s.name == "tool_policy get_current_time" for s in spans.get_finished_spans())
 
 
@@ -177,6 +182,8 @@ async def test_a_changed_definition_can_go_through_approval(redis_server, tmp_pa
         assert refused.is_error and "approval ticket apr_" in text_of(refused)
         ticket = text_of(refused).split("approval ticket ")[1].split(")")[0]
         async with httpx2.AsyncClient(base_url=base) as http:
+            shown = (await http.get(f"/v1/approvals/{ticket}")).json()
+            assert json.loads(shown["arguments"])["description"] == "Read a note (v2)."  # what the approver reads
             assert (await http.post(f"/v1/approvals/{ticket}", json={"decision": "approve"})).status_code == 200
         result = await client.call_tool("read_note", {"name": "plain"})
         assert text_of(result) == "The meeting moved to Thursday."
@@ -251,3 +258,23 @@ async def test_an_invalid_session_id_is_a_protocol_error(redis_server, policies)
     async with served(redis_server, policies) as (base, _), mcp_client(base, "bad id!") as client:
         with pytest.raises(MCPError, match="X-Session-Id"):
             await client.call_tool("notes__echo", {"text": "hi"})
+
+
+async def test_with_the_store_down_calls_fail_closed_and_the_gateway_recovers(tmp_path):
+    own = RedisServer(tmp_path / "redis")  # its own Redis: this test stops it
+    (tmp_path / "redis").mkdir()
+    own.start()
+    policies = write_policies(tmp_path / "p", stdio("notes", *NOTES))
+    try:
+        async with served(own, policies) as (base, app), mcp_client(base, "s-store") as client:
+            assert text_of(await client.call_tool("echo", {"text": "one"})) == "one"
+            own.stop()
+            with pytest.raises(MCPError, match="store_unavailable"):
+                await client.call_tool("echo", {"text": "two"})
+            own.start()
+            assert text_of(await client.call_tool("echo", {"text": "three"})) == "three"
+            steps = await app.state.sessions.steps("dev", "s-store")
+        received = [json.loads(s["received"][0]["content"]) for s in steps]  # the structured content
+        assert received == [{"result": "one"}, {"result": "three"}]  # the refused call left no step
+    finally:
+        own.stop()
