@@ -31,6 +31,7 @@ _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name
     name.lower(): i for i, name in enumerate(calendar.month_abbr) if name
 }
 _MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_MONTH_PREFIXES = tuple(name.lower() for name in calendar.month_abbr if name)  # every month name starts so
 _DATE_ISO = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 _DATE_MDY = re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.IGNORECASE)
 _DATE_DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})\.?,?\s+(\d{{4}})\b", re.IGNORECASE)
@@ -105,8 +106,12 @@ def _scan(text: str) -> Iterator[tuple[str, str, str]]:
 
 
 def _dates(text: str) -> Iterator[str]:
-    for year, month, day in _DATE_ISO.findall(text):
-        yield _iso(int(year), int(month), int(day))
+    if "-" in text:
+        for year, month, day in _DATE_ISO.findall(text):
+            yield _iso(int(year), int(month), int(day))
+    lowered = text.lower()
+    if not any(prefix in lowered for prefix in _MONTH_PREFIXES):
+        return  # no month name: the two written forms cannot match (most 4-digit runs are not years)
     for month, day, year in _DATE_MDY.findall(text):
         yield _iso(int(year), _MONTHS[month.lower()], int(day))
     for day, month, year in _DATE_DMY.findall(text):
