@@ -50,7 +50,7 @@ class RuleFailure(Exception):
     """A rule that could not be evaluated for this call (the message names the problem in CEL's terms)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class CallState:
     """What the functions of one evaluation answer from: the session's allowed calls per tool and where
     the call's values came from."""
@@ -179,6 +179,25 @@ def _explain_compile(message: str, expression: str) -> str:
         return f"unknown variable {name.split('.')[0]} (use {', '.join(ROOTS)})"
 
     return _UNDECLARED.sub(undeclared, message)
+
+
+def compile_all(expressions: list[str]) -> Any:
+    """One program giving the list of every condition's value (each already checked on its own), so that a
+    tool's rules cost one evaluation; None when it does not compile."""
+    try:
+        return environment().compile("[\n" + ",\n".join(f"(\n{e}\n)" for e in expressions) + "\n]")
+    except Exception:
+        return None
+
+
+def evaluate_all(program: Any, context: Any) -> list[Any] | None:
+    """Every condition's value, or None when one of them fails (then each is evaluated on its own, for
+    its reason)."""
+    try:
+        result = program.eval(context)
+    except Exception:
+        return None
+    return None if result.type() == T.ERROR else result.plain_value()
 
 
 def activation(variables: dict[str, Any]) -> Any:

@@ -18,7 +18,7 @@ import msgspec
 import yaml
 
 from ..config import RailsConfigError, _line, _path_of, read_yaml
-from .cel_runtime import PROVENANCE_FUNCTIONS, ROOTS, compile_condition
+from .cel_runtime import PROVENANCE_FUNCTIONS, ROOTS, compile_all, compile_condition
 from .provenance import field_shape
 from .values import lookup_keys
 
@@ -103,11 +103,14 @@ class ToolRules(msgspec.Struct, frozen=True):
     roots: frozenset[str]  # the CEL variables some rule reads
     reads_calls: bool  # some rule reads session.calls
     reads_provenance: bool  # some rule calls a provenance function
+    program: Any = None  # every condition in one program (two or more): one evaluation per call
 
     @classmethod
     def of(cls, rules: list[CompiledRule]) -> ToolRules:
+        conditions = [r.rule.when for r in rules if r.program is not None and r.rule.when is not None]
         return cls(rules, frozenset().union(*(r.roots for r in rules)), any(r.reads_calls for r in rules),
-                   any(r.reads_provenance for r in rules))  # fmt: skip
+                   any(r.reads_provenance for r in rules),
+                   compile_all(conditions) if len(conditions) > 1 else None)  # fmt: skip
 
 
 class ToolPolicy(msgspec.Struct, frozen=True):
@@ -226,7 +229,10 @@ def load_tool_policy(path: Path) -> ToolPolicy:
     mentions = frozenset(a or b for c in compiled if c is not None and c.rule.when
                          for call in _MENTIONS.findall(c.rule.when) for a, b in _LITERAL.findall(call))  # fmt: skip
     reads = any(c.reads_provenance for c in compiled if c is not None)
-    return ToolPolicy(file, version, exact, globs, mentions, reads)
+    policy = ToolPolicy(file, version, exact, globs, mentions, reads)
+    for tool in exact:  # each named tool's rules compiled together now, not on its first call
+        policy.rules_for(tool)
+    return policy
 
 
 def _compile(expression: str) -> tuple[Any, str | None]:

@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import msgspec
 
-from .cel_runtime import CallState, RuleFailure, activation, bound, evaluate
+from .cel_runtime import CallState, RuleFailure, activation, bound, evaluate, evaluate_all
 from .config import ToolPolicy, ToolRules
 from .provenance import ProvenanceView
 
@@ -40,7 +40,7 @@ class ToolDecision(msgspec.Struct, omit_defaults=True):
     ticket: str | None = None  # for require_approval
 
 
-@dataclass
+@dataclass(slots=True)
 class RuleResult:
     rule: str
     matched: bool
@@ -177,10 +177,18 @@ class Decider:
         context = None
         results = []
         with bound(CallState(view.tool_counts, view.provenance)):
+            values = iter(())  # every condition's value from one evaluation, when none of them failed
+            if rules.program is not None:
+                context = _context(call_id, tool, args, view, self.policy, rules)
+                values = iter(evaluate_all(rules.program, context) or ())
             for compiled in rules.rules:
                 rule = compiled.rule
                 matched, action, reason = True, rule.action, rule.reason or f"rule {rule.name}"
                 if compiled.program is not None:
+                    if (value := next(values, None)) is not None:
+                        matched = value is True
+                        results.append(RuleResult(rule.name, matched, action, reason, rule.shadow, rule.when))
+                        continue
                     if context is None:
                         context = _context(call_id, tool, args, view, self.policy, rules)
                     try:
