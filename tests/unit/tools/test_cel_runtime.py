@@ -140,3 +140,32 @@ def test_every_policy_file_in_the_repository_loads():
     assert len(files) >= 10
     for path in files:
         load_tool_policy(path)  # raises with file:line on any error
+
+
+def test_one_program_per_tool_gives_what_each_rule_alone_gives(tmp_path):
+    import msgspec
+
+    policy = _policy(
+        tmp_path,
+        "{name: big, tools: [pay], when: 'call.args.amount > 100', action: require_approval}",
+        "{name: known, tools: [pay], when: 'call.args.to == \"ann\"', action: allow}",
+        "{name: other, tools: [pay], when: 'call.args.to == \"bob\"', action: deny}",
+        "{name: calls, tools: ['p*'], when: 'tool_count(\"pay\") > 1', action: deny}",
+        default="deny",
+    )
+    assert policy.rules_for("pay").program is not None
+    together = Decider(policy, None)
+    alone = Decider(msgspec.structs.replace(policy, resolved={}), None)
+    alone.policy.resolved["pay"] = msgspec.structs.replace(policy.rules_for("pay"), program=None)
+    view = SessionView("s", tool_counts=Counter(pay=2))
+    for args in [{"amount": 500, "to": "ann"}, {"amount": 5, "to": "bob"}, {"to": "ann"}, {"amount": "x", "to": 3}]:
+        first, second = together.evaluate("c", "pay", args, view), alone.evaluate("c", "pay", args, view)
+        assert first == second, args
+    missing = together.evaluate("c", "pay", {"to": "ann"}, view)
+    assert [(r.rule, r.matched, r.action) for r in missing] == [
+        ("big", True, "deny"),
+        ("known", True, "allow"),
+        ("other", False, "deny"),
+        ("calls", True, "deny"),
+    ]
+    assert "the call has no argument 'amount'" in missing[0].reason
