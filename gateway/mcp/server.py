@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from gateway.stores.sessions import SESSION_ID
 from rails.base import Stage
 
 log = structlog.get_logger("sentrail.mcp")
+PIN_CACHE_S = 5.0  # how long a definition found pinned is not checked again (one Redis read a call saved)
 STORE_ERROR = -32003  # a JSON-RPC server error: Sentrail could not decide (store down, limits): nothing ran
 
 
@@ -75,9 +77,16 @@ class McpGateway:
         self.key_store = key_store
         self.dev_mode = dev_mode
         self.upstreams = {server.name: Upstream(server, cwd) for server in config.file.enabled}
-        self.catalog: dict[str, list[types.Tool]] = {}  # server -> its tools at the last listing
+        self._exposed: tuple[tuple[int, ...], list[Exposed]] = ((), [])  # the catalog named and hashed, per generation
+        self._pinned: dict[tuple[str, str, str, str], float] = {}  # (tenant, server, tool, definition) -> when it
+        # matched the tenant's pin: trusted for PIN_CACHE_S (a pin moved by another replica is seen after that)
         self._verdicts: dict[str, tuple[bool, list[dict[str, Any]]]] = {}  # definition -> (flagged, decisions)
-        server = Server("sentrail", on_list_tools=self._on_list_tools, on_call_tool=self._on_call_tool)
+        server = Server(
+            "sentrail",
+            on_list_tools=self._on_list_tools,
+            on_call_tool=self._on_call_tool,
+            get_tool_input_schema=self._input_schema,
+        )  # else the SDK lists the tools for every call
         security = None
         if dev_mode:  # loopback without keys: only loopback hosts and origins (DNS rebinding)
             security = TransportSecuritySettings(
@@ -152,8 +161,6 @@ class McpGateway:
             if isinstance(answer, BaseException):
                 unavailable.append(name)
                 log.warning("mcp_list_failed", server=name, error=str(answer)[:300])
-            else:
-                self.catalog[name] = [t for t in answer if _valid_name(t.name)]
         listed, hidden, events = [], [], []
         for exposed in self.exposed():
             if exposed.server in unavailable:
@@ -166,16 +173,30 @@ class McpGateway:
                 listed.append(exposed)
         return listed, hidden, unavailable, events
 
+    @property
+    def catalog(self) -> dict[str, list[types.Tool]]:
+        """server -> its tools at its last listing (servers never listed yet are absent)."""
+        return {
+            n: [t for t in u.tools if _valid_name(t.name)] for n, u in self.upstreams.items() if u.tools is not None
+        }
+
     def exposed(self) -> list[Exposed]:
         """Every known tool under the name agents see: `server__tool` where another server has that name too."""
+        generations = tuple(u.generation for u in self.upstreams.values())
+        if self._exposed[0] != generations:
+            self._exposed = (generations, self._names())
+        return self._exposed[1]
+
+    def _names(self) -> list[Exposed]:
         counts: dict[str, int] = {}
-        for tools in self.catalog.values():
+        catalog = self.catalog
+        for tools in catalog.values():
             for tool in tools:
                 counts[tool.name] = counts.get(tool.name, 0) + 1
         always = self.config.file.namespace == "always"
         out = []
         for server in self.upstreams:
-            for tool in self.catalog.get(server, ()):
+            for tool in catalog.get(server, ()):
                 name = f"{server}{SEPARATOR}{tool.name}" if always or counts[tool.name] > 1 else tool.name
                 out.append(Exposed(name, server, tool, definition_sha256(tool)))
         return out
@@ -183,7 +204,15 @@ class McpGateway:
     async def admit(self, tenant: str, exposed: Exposed) -> tuple[str, list[dict[str, Any]]]:
         """Why this tool may not be listed or called ("" when it may), and the audit events of what was found."""
         tool = exposed.tool
-        check = (await self.pins.check(tenant, exposed.server, {tool.name: exposed.digest}, tool))[tool.name]
+        pinned = (tenant, exposed.server, tool.name, exposed.digest)
+        if time.monotonic() - self._pinned.get(pinned, -PIN_CACHE_S) < PIN_CACHE_S:  # matched the pin just now
+            check = PinCheck("unchanged", True)
+        else:
+            check = (await self.pins.check(tenant, exposed.server, {tool.name: exposed.digest}, tool))[tool.name]
+            if len(self._pinned) > 100_000:
+                self._pinned.clear()
+            if check.status in ("unchanged", "first_seen"):
+                self._pinned[pinned] = time.monotonic()
         flagged, decisions = await self._description(exposed)
         events = _pin_events(exposed, check, self.pins.on_change, flagged, decisions)
         if not check.pinned:
@@ -259,17 +288,17 @@ class McpGateway:
                                         execute)  # fmt: skip
         return outcome.result, outcome.action
 
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        """The schema the SDK checks a call's `Mcp-Param-*` headers against, from the last listing."""
+        return next((e.tool.input_schema for e in self.exposed() if e.name == name), None)
+
     async def _resolve(self, name: str) -> Exposed | None:
         for attempt in range(2):
             for exposed in self.exposed():
                 if exposed.name == name:
                     return exposed
             if attempt == 0:  # not listed yet (a client that calls before listing) or new: list again
-                names = list(self.upstreams)
-                answers = await asyncio.gather(*(self.upstreams[n].list_tools() for n in names), return_exceptions=True)
-                for server, answer in zip(names, answers, strict=True):
-                    if not isinstance(answer, BaseException):
-                        self.catalog[server] = [t for t in answer if _valid_name(t.name)]
+                await asyncio.gather(*(u.list_tools() for u in self.upstreams.values()), return_exceptions=True)
         return None
 
     # ---- helpers ----------------------------------------------------------------------------------------

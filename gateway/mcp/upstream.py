@@ -31,7 +31,7 @@ from gateway.mcp.config import UpstreamConfig
 log = structlog.get_logger("sentrail.mcp")
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 HEALTHY_S = 60.0  # a connection that lasted this long resets the backoff
-PING_S = 5.0  # how often an idle connection is checked
+PING_S = 5.0  # how often the connection is checked by listing the tools again
 
 
 class UpstreamUnavailable(Exception):
@@ -48,6 +48,10 @@ class Upstream:
         self.client: Client | None = None
         self.ready = asyncio.Event()  # set while connected
         self.restarts = 0
+        self.checks = 0  # health checks passed on the current connection
+        self.tools: list[types.Tool] | None = None  # at the last listing (on connect, each check, each tools/list)
+        self.generation = 0
+        self.checked = asyncio.Event()  # set (and replaced) after each one passed
         self.retry_at = 0.0  # while backing off: when the next start is due
         self._broken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -71,7 +75,10 @@ class Upstream:
         await asyncio.wait_for(self.ready.wait(), timeout_s)
 
     async def list_tools(self) -> list[types.Tool]:
-        client = await self._client(self.config.list_timeout_s)
+        return await self._list(await self._client(self.config.list_timeout_s))
+
+    async def _list(self, client: Client) -> list[types.Tool]:
+        """The server's tools, every page; kept as `tools` (a change bumps `generation`)."""
         tools: list[types.Tool] = []
         cursor: str | None = None
         for _ in range(100):  # a paginator that never ends cannot hang the listing
@@ -80,6 +87,8 @@ class Upstream:
             cursor = result.next_cursor
             if not cursor:
                 break
+        if tools != self.tools:
+            self.tools, self.generation = tools, self.generation + 1
         return tools
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
@@ -131,8 +140,9 @@ class Upstream:
             connected_at = None
             try:
                 async with self._connect() as client:
-                    self.client, connected_at = client, time.monotonic()
                     self._broken.clear()
+                    await self._list(client)  # a restarted server may define its tools anew: known before any call
+                    self.client, connected_at = client, time.monotonic()
                     self.retry_at = 0.0
                     self.ready.set()
                     log.info("mcp_upstream_ready", server=self.name, kind=self.kind, restarts=self.restarts)
@@ -157,7 +167,8 @@ class Upstream:
             self.retry_at = 0.0
 
     async def _watch(self, client: Client) -> None:
-        """Until the connection breaks: a failed call says so at once, an idle one is pinged."""
+        """Until the connection breaks: a failed call says so at once; every PING_S the tools are listed again
+        (a check that the server answers, and a definition changed behind the same connection is seen)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PING_S):
@@ -165,11 +176,17 @@ class Upstream:
             if self._broken.is_set():
                 return
             try:
-                async with asyncio.timeout(self.config.list_timeout_s):
-                    await client.session.send_ping()
-            except Exception as exc:
-                log.warning("mcp_upstream_ping_failed", server=self.name, error=_describe(exc))
+                await self._list(client)
+            except MCPError as exc:  # an answer (an error included) is a live peer; a closed connection is not
+                if exc.error.code == types.CONNECTION_CLOSED:
+                    log.warning("mcp_upstream_check_failed", server=self.name, error=_describe(exc))
+                    return
+            except UpstreamUnavailable as exc:
+                log.warning("mcp_upstream_check_failed", server=self.name, error=str(exc))
                 return
+            self.checks += 1
+            self.checked.set()
+            self.checked = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[Client]:

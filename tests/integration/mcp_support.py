@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -80,13 +81,15 @@ NOTES = ("-m", "tests.mcp_servers.notes")
 class HttpUpstream:
     """tests/mcp_servers/notes.py over streamable HTTP, as its own process."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, *NOTES, "--http", str(self.port)], cwd=ROOT,
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen([sys.executable, *NOTES, "--http", str(self.port)], cwd=ROOT, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         assert self.process.stderr is not None
         reader = self.process.stderr
