@@ -7,6 +7,8 @@ Side by side in one run, in alternating rounds, with the `mcp` SDK's client (str
   sentrail  the client calls Sentrail's /mcp (`sentrail serve --dev`, its own process, embedded Redis, the shipped
             rails.yaml and tools.yaml), which judges the call (tool policy over the session), calls the upstream,
             runs the tool_result rails on the result and commits the step with its audit records
+  bare      the same without rails.yaml and tools.yaml (no rail, no policy): the MCP hop, the pin check, the
+            session step and its audit records, i.e. the floor under the judging
 Calls are sequential (one client, concurrency 1); every --session-calls calls start a new session (an agent
 task), sent as X-Session-Id. Latency is per call, as the client sees it (p50, p99).
 
@@ -20,7 +22,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,10 @@ CASES = {  # name -> (tool as Sentrail exposes it, tool upstream, arguments of t
 }  # fmt: skip  (the arguments vary: the shipped policy refuses a 6th identical call in a session as a loop)
 
 
+PATHS = {"direct": "direct", "sentrail": "Sentrail (shipped rails and tools.yaml)",
+         "bare": "Sentrail, no rails.yaml or tools.yaml"}  # fmt: skip
+
+
 def wait_line(process: subprocess.Popen, needle: bytes) -> None:
     assert process.stderr is not None
     while needle not in (line := process.stderr.readline()):
@@ -68,10 +73,11 @@ def start_upstream(port: int) -> subprocess.Popen:
     return process
 
 
-def start_sentrail(folder: Path, port: int, upstream_url: str) -> subprocess.Popen:
+def start_sentrail(folder: Path, port: int, upstream_url: str, policies_too: bool) -> subprocess.Popen:
+    folder.mkdir()
     policies = folder / "policies"
     policies.mkdir()
-    for name in ("rails.yaml", "tools.yaml"):
+    for name in ("rails.yaml", "tools.yaml") if policies_too else ():
         (policies / name).write_text((ROOT / "policies" / name).read_text())
     (policies / "mcp.yaml").write_text(
         "version: 1\nservers:\n"
@@ -131,32 +137,37 @@ async def run(calls: int, rounds: int, session_calls: int) -> dict[str, dict[str
     upstream_port, sentrail_port = free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{upstream_port}/mcp"
     upstream = start_upstream(upstream_port)
-    gateway = start_sentrail(folder, sentrail_port, upstream_url)
-    base = f"http://127.0.0.1:{sentrail_port}"
-    times: dict[str, dict[str, list[float]]] = {case: {"direct": [], "sentrail": []} for case in CASES}
+    bare_port = free_port()
+    gateways = [start_sentrail(folder / "shipped", sentrail_port, upstream_url, True),
+                start_sentrail(folder / "bare", bare_port, upstream_url, False)]  # fmt: skip
+    bases = {"sentrail": f"http://127.0.0.1:{sentrail_port}", "bare": f"http://127.0.0.1:{bare_port}"}
+    times: dict[str, dict[str, list[float]]] = {case: {path: [] for path in PATHS} for case in CASES}
     try:
-        async with http_client(f"{base}/mcp", {}) as probe:  # Sentrail's upstreams are up once it lists them
-            for _ in range(100):
-                if {"echo", "get_current_time"} <= {t.name for t in (await probe.list_tools()).tools}:
-                    break
-                await asyncio.sleep(0.2)
+        for base in bases.values():
+            async with http_client(f"{base}/mcp", {}) as probe:  # Sentrail's upstreams are up once it lists them
+                for _ in range(100):
+                    if {"echo", "get_current_time"} <= {t.name for t in (await probe.list_tools()).tools}:
+                        break
+                    await asyncio.sleep(0.2)
         stdio = StdioServerParameters(command=TIME[0], args=TIME[1:], cwd=str(ROOT))
         async with http_client(upstream_url, {}) as notes, Client(stdio, cache=None) as clock:
             direct = {"notes over HTTP: echo": notes, "mcp-server-time over stdio: get_current_time": clock}
             for case, (exposed, tool, arguments) in CASES.items():  # warm-up, not counted
                 await batch(direct[case], tool, arguments, 20)
-                await sentrail_batch(base, exposed, arguments, 20, session_calls, "warm")
+                for base in bases.values():
+                    await sentrail_batch(base, exposed, arguments, 20, session_calls, "warm")
             for round_ in range(rounds):
                 for case, (exposed, tool, arguments) in CASES.items():
                     times[case]["direct"] += await batch(direct[case], tool, arguments, calls)
-                    times[case]["sentrail"] += await sentrail_batch(base, exposed, arguments, calls, session_calls,
-                                                                    f"{round_}")  # fmt: skip
+                    for path, base in bases.items():
+                        times[case][path] += await sentrail_batch(base, exposed, arguments, calls, session_calls,
+                                                                  f"{round_}")  # fmt: skip
                 print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
     finally:
-        gateway.terminate()
-        upstream.terminate()
-        gateway.wait(30)
-        upstream.wait(30)
+        for process in (*gateways, upstream):
+            process.terminate()
+        for process in (*gateways, upstream):
+            process.wait(30)
     return times
 
 
@@ -169,20 +180,20 @@ def report(times: dict[str, dict[str, list[float]]], args: argparse.Namespace) -
         "Python " + platform.python_version() + ".",
         "",
         "One client, sequential calls, the `mcp` SDK over streamable HTTP to Sentrail (`sentrail serve --dev`, "
-        "embedded Redis, the shipped rails.yaml and tools.yaml); direct: the same client to the MCP server "
-        f"itself. Each session (X-Session-Id) holds {args.session_calls} calls. Milliseconds per call.",
+        "embedded Redis, the shipped rails.yaml and tools.yaml; and a second one without them: no rail, no policy, "
+        "still the pin check, the session step and its audit records); direct: the same client to the MCP server "
+        f"itself. Each session (X-Session-Id) holds {args.session_calls} calls. Milliseconds per call, as the "
+        "client sees it.",
         "",
-        "| tool | calls | direct p50 | direct p99 | Sentrail p50 | Sentrail p99 | added p50 | added p99 | ratio p50 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| tool | path | calls | p50 | p99 | added p50 | added p99 | ratio p50 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for case, pair in times.items():
-        d50, d99 = percentile(pair["direct"], 0.5) * 1000, percentile(pair["direct"], 0.99) * 1000
-        s50, s99 = percentile(pair["sentrail"], 0.5) * 1000, percentile(pair["sentrail"], 0.99) * 1000
-        lines.append(f"| {case} | {len(pair['sentrail'])} | {d50:.2f} | {d99:.2f} | {s50:.2f} | {s99:.2f} | "
-                     f"{s50 - d50:+.2f} | {s99 - d99:+.2f} | {s50 / d50:.2f}x |")  # fmt: skip
-    for case, pair in times.items():
-        lines.append(f"\n{case}: mean direct {statistics.mean(pair['direct']) * 1000:.2f} ms, "
-                     f"mean Sentrail {statistics.mean(pair['sentrail']) * 1000:.2f} ms")  # fmt: skip
+    for case, paths in times.items():
+        d50, d99 = percentile(paths["direct"], 0.5) * 1000, percentile(paths["direct"], 0.99) * 1000
+        for path, values in paths.items():
+            p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
+            added = "" if path == "direct" else f"{p50 - d50:+.2f} | {p99 - d99:+.2f} | {p50 / d50:.2f}x"
+            lines.append(f"| {case} | {PATHS[path]} | {len(values)} | {p50:.2f} | {p99:.2f} | {added or '| |'} |")
     return "\n".join(lines) + "\n"
 
 
