@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.doubles import ScriptedEngine, calls_chunks, text_chunks
 from tests.integration.mcp_support import MODEL, NOTES, mcp_client, served, stdio, text_of, write_policies
@@ -99,3 +101,20 @@ async def test_a_call_released_on_the_chat_path_is_executed_over_mcp_as_that_cal
     assert list(state.calls) == ["c1"] and state.calls["c1"].answered
     apis = [r.get("api") for s in timeline["steps"] for r in s["records"] if r["type"] == "request"]
     assert apis == ["chat", "mcp", "chat"]  # the review page shows the MCP step between the chat steps
+
+
+async def test_without_the_header_a_legacy_mcp_session_is_the_agent_session(redis_server, policies):
+    async with served(redis_server, policies) as (base, app):
+        http = httpx2.AsyncClient(timeout=30)
+        transport = streamable_http_client(f"{base}/mcp", http_client=http)
+        async with http, Client(transport, cache=None, mode="legacy") as client:  # the 2025 initialize handshake
+            for text in ("one", "two"):
+                await client.call_tool("notes__echo", {"text": text})
+        async with mcp_client(base) as modern:  # 2026-07-28: no MCP session; each call is a session of its own
+            for text in ("three", "four"):
+                await modern.call_tool("notes__echo", {"text": text})
+        sessions = await app.state.sessions.list("dev")
+    steps = sorted(s.steps for s in sessions)
+    assert steps == [1, 1, 2]
+    (legacy,) = [s for s in sessions if s.steps == 2]
+    assert legacy.id.startswith("mcp_")
