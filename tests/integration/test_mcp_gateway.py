@@ -308,3 +308,20 @@ async def test_a_definition_changed_behind_the_same_url_is_caught_by_the_next_ch
                 await upstream.checked.wait()
         refused = await client.call_tool("remote__read_note", {"name": "plain"})
         assert refused.is_error and "definition changed since it was pinned" in text_of(refused)
+
+
+async def test_bad_input_gets_clean_errors(redis_server, policies):
+    async with served(redis_server, policies) as (base, _):
+        async with mcp_client(base, "s-bad") as client:
+            wrong = await client.call_tool("get_current_time", {"timezone": 42})
+            assert wrong.is_error and "do not match the tool's schema" in text_of(wrong)
+            unknown = await client.call_tool("no_such_tool", {})
+            assert unknown.is_error and "Unknown tool 'no_such_tool'" in text_of(unknown)
+        async with httpx2.AsyncClient(base_url=base, timeout=30) as http:
+            headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+            for body in (b"{not json", b"[]", b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": 5}',
+                         b"\xff\xfe", b"{}" * 10):  # fmt: skip
+                response = await http.post("/mcp", content=body, headers=headers)
+                assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
+            huge = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"x": "' + b"a" * (5 << 20) + b'"}}'
+            assert (await http.post("/mcp", content=huge, headers=headers)).status_code == 413
