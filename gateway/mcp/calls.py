@@ -103,7 +103,8 @@ class CallJudge:
             await self._commit(ctx, pending, request, judge, call_id, name, raw, [], emitted=False)
             return Outcome(tool_error(refusal_text(decision)), decision.action, decision)
         if call_id not in pending.state.calls:  # the result's labels and provenance name its tool
-            pending.state.calls[call_id] = ToolCallRecord(name, raw, pending.number)
+            pending.state.calls[call_id] = ToolCallRecord(name, raw, pending.number,
+                                                          pointed=pending.pointed.get(call_id, False))  # fmt: skip
         try:
             result = await execute()
         except UpstreamUnavailable as exc:
@@ -200,8 +201,10 @@ class CallJudge:
         calls: dict[str, ToolCallRecord] = {}  # answered: set by the store for the results that arrived
         if not emitted:
             calls[call_id] = ToolCallRecord(name, raw, number, decisions[-1].action)
-        elif not released:
-            calls[call_id] = ToolCallRecord(name, raw, number, pointed=pending.pointed.get(call_id, False))
+        elif not released:  # answered here, by its result or its error: never a call to execute again
+            calls[call_id] = ToolCallRecord(
+                name, raw, number, answered=True, pointed=pending.pointed.get(call_id, False)
+            )
         step = Step(
             at=time.time(), request_id=ctx.request_id, api="mcp", model=request.model, received=pending.received,
             emitted={"content": "", "finish_reason": "tool_calls" if emitted else "content_filter",
@@ -224,10 +227,11 @@ class CallJudge:
 
 
 def released_on_chat(pending: PendingStep, name: str, raw: str) -> str | None:
-    """The id of a call the chat path released in this session with this tool and these arguments, not answered."""
+    """The id of a call the chat path released in this session with this tool and these arguments, not answered
+    (the model's call, or an approved call the chat path delivered; calls made over MCP are answered at once)."""
     canonical = canonical_arguments(raw)
     for call_id, call in pending.state.calls.items():
-        if call.name == name and call.decision == "allow" and not call.answered and not call_id.startswith("mcp_"):
+        if call.name == name and call.decision == "allow" and not call.answered:
             if canonical_arguments(call.arguments) == canonical:
                 return call_id
     return None

@@ -118,3 +118,26 @@ async def test_without_the_header_a_legacy_mcp_session_is_the_agent_session(redi
     assert steps == [1, 1, 2]
     (legacy,) = [s for s in sessions if s.steps == 2]
     assert legacy.id.startswith("mcp_")
+
+
+async def test_an_approved_mcp_call_the_chat_path_delivered_runs_over_mcp_once(redis_server, policies):
+    arguments = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}
+    servers = stdio("time", "-m", "mcp_server_time", "--local-timezone", "UTC")
+    folder = write_policies(policies.parent / "with-time", servers)
+    async with served(redis_server, folder) as (base, app):
+        async with mcp_client(base, "s-deliver") as client:
+            withheld = await client.call_tool("convert_time", arguments)
+            ticket = text_of(withheld).split("(ticket ")[1].split(")")[0]
+        async with httpx2.AsyncClient(base_url=base, timeout=30) as http:
+            assert (await http.post(f"/v1/approvals/{ticket}", json={"decision": "approve"})).status_code == 200
+            user = {"role": "user", "content": "Convert noon UTC to Tokyo time"}
+            delivered = await chat(http, "s-deliver", [user], [])  # the chat path hands the approved call over
+        (call,) = delivered["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["name"] == "convert_time"
+        async with mcp_client(base, "s-deliver") as client:
+            ran = await client.call_tool("convert_time", arguments)  # the agent executes it over MCP
+            assert not ran.is_error and "Asia/Tokyo" in text_of(ran)
+            again = await client.call_tool("convert_time", arguments)
+            assert again.is_error and "awaits approval" in text_of(again)
+        steps = await app.state.sessions.steps("dev", "s-deliver")
+    assert steps[2]["tool_calls"][0]["call_id"] == call["id"] and steps[2]["tool_calls"][0]["rule"] == "released"
