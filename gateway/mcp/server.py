@@ -116,8 +116,12 @@ class McpGateway:
             key = await self._authenticate(scope)
         except Exception as exc:  # a bad key (401, 403) or the key store down (503): fail closed
             error_type, message, param = describe(exc)
+            if error_type == "internal_error":
+                log.error("mcp_authentication_failed", exc_info=exc)
             body = msgspec.json.encode(to_error_body(error_type, message, param))
-            headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
+            headers = [(b"content-type", b"application/json")]
+            if error_type == "invalid_api_key":
+                headers.append((b"www-authenticate", b"Bearer"))
             await send({"type": "http.response.start", "status": kind_of(error_type).status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
