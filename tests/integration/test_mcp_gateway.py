@@ -325,3 +325,16 @@ async def test_bad_input_gets_clean_errors(redis_server, policies):
                 assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
             huge = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"x": "' + b"a" * (5 << 20) + b'"}}'
             assert (await http.post("/mcp", content=huge, headers=headers)).status_code == 413
+
+
+async def test_a_server_that_cannot_start_leaves_the_others_serving(redis_server, tmp_path):
+    redis_server.flush()
+    servers = stdio("notes", *NOTES) + "  - name: broken\n    command: [/nonexistent/mcp-server]\n"
+    policies = write_policies(tmp_path / "p", servers)
+    async with served(redis_server, policies, broken=("broken",)) as (base, app), mcp_client(base, "s-b") as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert "echo" in names
+        assert text_of(await client.call_tool("echo", {"text": "up"})) == "up"
+        assert not app.state.mcp.upstream("broken").ready.is_set()
+        listing = [r for r in await audit_records(app) if r["type"] == "mcp_list"][-1]
+    assert listing["unavailable"] == ["broken"]
