@@ -153,9 +153,9 @@ class _Tables:
         self.lowered_owners = [(i, v.word_start, not signals[i].mentions) for i, v in lowered]
         self.cased_owners = [(i, v.word_start) for i, v in cased]
         self.fence = len(lowered)  # the index of the code-fence pattern, after the signals' own
-        sources = tuple((v.pattern.pattern, v.pattern.flags) for _, v in lowered)
+        sources = tuple(v.stream_source() for _, v in lowered)
         self.lowered = patterns((*sources, (FENCE.pattern, FENCE.flags)))
-        sources = tuple((v.pattern.pattern, v.pattern.flags) for _, v in cased)
+        sources = tuple(v.stream_source() for _, v in cased)
         self.cased = patterns(sources)
         self.written = patterns(sources + tuple((p.pattern, p.flags) for p in payload_patterns()))
 

@@ -177,9 +177,19 @@ def parse(source: str, flags: int = 0) -> Parsed:
     tree = P.parse(source, flags)
     items = list(tree)
     global_flags = _flags(items, tree.state.flags & (re.IGNORECASE | re.MULTILINE | re.DOTALL | re.ASCII))
-    touching = _touch(items)
+    touching = _touch_inside(items)
     touching_regex = None if touching is None else re.compile(rf"{touching}\Z", global_flags)
     return Parsed(regex, items, global_flags, touching_regex, _behind(items))
+
+
+def _touch_inside(items: list[tuple[Any, Any]]) -> str | None:
+    """`_touch(items)` less the empty rest of a leading character, which touches only at the very end of the text,
+    where the search for the first touching position ends anyway: the regex then starts with that character, and
+    a search passes other characters at the cost of one test (the regex engine's prefix check)."""
+    if not items or items[0][0] not in _CHAR:
+        return _touch(items)
+    rest = _touch(items[1:]) if len(items) > 1 else ""
+    return None if rest is None else _emit_one(*items[0], True) + rest
 
 
 def _leads(items: list[tuple[Any, Any]], limit: int = 32) -> list[tuple[list[tuple[Any, Any]], bool]]:
@@ -291,7 +301,9 @@ def _joint(members: list[Parsed], flags: int) -> tuple[str, str]:
     they start with where they can, so that a search tries few at each position; `lastindex` tells a
     touching rest (a group) from a match. What a member needs other flags for is in a scoped group. And one
     for the matches alone (at the end of a stream, when nothing touches the end any more)."""
-    heads: dict[str, tuple[list[str], list[str]]] = {}  # first character -> (match rests, touching rests)
+    # first character -> look-behind after it ("" none) -> (match rests, touching rests): options that share a
+    # look-behind (a word start moved behind the first character) test it once at a position, not once each
+    heads: dict[str, dict[str, tuple[list[str], list[str]]]] = {}
     others: list[str] = []
     alone: list[str] = []  # the matches alone
     for member in members:
@@ -311,11 +323,14 @@ def _joint(members: list[Parsed], flags: int) -> tuple[str, str]:
                 or (op is C.ANY and member.flags & re.DOTALL and not flags & re.DOTALL)
             )
             if outside:
-                matches, rests = heads.setdefault(_emit_one(op, av, True), ([], []))
-                after = _touch(seq[1:])
+                rest, lead = seq[1:], ""
+                if not scope and rest and rest[0][0] in (C.ASSERT, C.ASSERT_NOT) and rest[0][1][0] < 0:
+                    lead, rest = _emit_one(*rest[0], True), rest[1:]  # the same flags: it can stand outside
+                matches, rests = heads.setdefault(_emit_one(op, av, True), {}).setdefault(lead, ([], []))
+                after = _touch(rest)
                 if not only:
-                    matches.append(f"{scope}{_emit(seq[1:], True)}{close}")
-                    alone.append(_emit_one(op, av, True) + matches[-1])
+                    matches.append(f"{scope}{_emit(rest, True)}{close}")
+                    alone.append(_emit_one(op, av, True) + lead + matches[-1])
                 if after is not None:
                     rests.append(f"{scope}{after}{close}")
                 continue
@@ -329,10 +344,14 @@ def _joint(members: list[Parsed], flags: int) -> tuple[str, str]:
                 alone.append(others[-1])
             if touching is not None:
                 others.append(f"({scope}{touching}{close})\\Z")
-    for head, (matches, rests) in heads.items():
-        options = [*matches, *([f"({'|'.join(rests)})\\Z"] if rests else [])]
-        if options:
-            others.append(head + (options[0] if len(options) == 1 else f"(?:{'|'.join(options)})"))
+    for head, leads in heads.items():
+        parts = []
+        for lead, (matches, rests) in leads.items():
+            options = [*matches, *([f"({'|'.join(rests)})\\Z"] if rests else [])]
+            if options:
+                parts.append(lead + (options[0] if len(options) == 1 else f"(?:{'|'.join(options)})"))
+        if parts:
+            others.append(head + (parts[0] if len(parts) == 1 else f"(?:{'|'.join(parts)})"))
     return "|".join(others) or "(?!)", "|".join(alone) or "(?!)"
 
 
@@ -346,8 +365,8 @@ class _Group:
         self.parts: list[_Group] = []
         self.both: re.Pattern[str] | None = None  # matches and (touching rests): a search finds the first of either
         self.any: re.Pattern[str] | None = None  # the matches alone
-        if len(indices) == 1:
-            return
+        if len(indices) == 1 and not root:
+            return  # (a pattern alone at the root is searched jointly too: one search decides the common case)
         counts: dict[int, int] = {}
         for i in indices:
             counts[parsed[i].flags] = counts.get(parsed[i].flags, 0) + 1

@@ -21,6 +21,7 @@ from typing import NamedTuple
 QUOTES = frozenset("\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb\u2039\u203a")
 FENCE = re.compile(r"```|~~~")
 GROUP_CAP = {"directive": 0.4}  # at input and output; data (tool results) has no such cap
+_GLOBAL_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")  # inline flags in front of a whole pattern
 
 
 def mentioned(normal: str, start: int, fences: list[int]) -> bool:
@@ -61,17 +62,30 @@ class _Variant(NamedTuple):
         for words in self.needs:
             if not any(word in text for word in words):
                 return 0
-        found = 0
-        for match in self.pattern.finditer(text):
+        found, pos, search = 0, 0, self.pattern.search
+        while (match := search(text, pos)) is not None:
             start = match.start()
             if self.word_start and start and (text[start - 1].isalnum() or text[start - 1] == "_"):
+                pos = start + 1  # as `(?<!\w)` in front would: no match from inside a word, nor does one hide the next
                 continue
+            pos = max(match.end(), start + 1)
             if readings is not None and readings.mentioned(start):
                 continue
             found += 1
             if found >= want:
                 break
         return found
+
+    def stream_source(self) -> tuple[str, int]:
+        """The pattern and flags a stream scans: a word-start variant with `(?<!\\w)` in front (what `count` checks),
+        so that an attempt from inside a word is decided at once and holds nothing back. (`\\w` is the test of
+        `count` unless the pattern is ASCII-only: then the stream checks the character before a match itself.)"""
+        source, flags = self.pattern.pattern, self.pattern.flags
+        if not self.word_start or flags & re.ASCII:
+            return source, flags
+        lead = _GLOBAL_FLAGS.match(source)
+        head = lead.group() if lead else ""
+        return f"{head}(?<!\\w)(?:{source[len(head) :]})", flags
 
 
 def _variants(source: str | None, flags: int = 0) -> tuple[_Variant, ...]:

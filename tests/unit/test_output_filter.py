@@ -200,6 +200,11 @@ async def test_prose_is_released_as_it_arrives_but_for_its_last_word():
     assert released + await output.flush() == " ".join(words) + " "
 
 
+async def test_a_word_that_ends_as_a_pattern_begins_is_released_whole():
+    """ "bathe " ends as "the system prompt is:" begins, but that signal starts at a word: nothing of it is held."""
+    assert await OutputFilter(FRONTIER).feed("Fine, we bathe ") == "Fine, we bathe"
+
+
 @settings(max_examples=200, deadline=None)
 @given(pieces=st.lists(st.integers(1, len(TEXT) - 1), max_size=12).map(lambda cuts: split(TEXT, cuts)),
        window=st.integers(1, 40))  # fmt: skip

@@ -5,6 +5,7 @@ same score at the end."""
 import asyncio
 import base64
 import codecs
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -167,6 +168,32 @@ def test_a_rail_s_frontier_on_prose_is_the_start_of_its_last_word():
     stream = InjectionRail("injection", Stage.OUTPUT).stream()
     stream.feed("Fine. Now ignore")
     assert stream.frontier == len("Fine. Now ")  # "ignore" and up to 40 characters may become an override
+
+
+def test_an_attempt_from_inside_a_word_holds_nothing_back():
+    """A word-start signal ("the system prompt is:") is scanned from word starts only: the end of "bathe" is not
+    held as the start of "the ..." (it was: the stream kept "the " while the whitespace after it was undecided)."""
+    stream = InjectionRail("injection", Stage.OUTPUT).stream()
+    stream.feed("Fine, we bathe ")
+    assert stream.frontier == len("Fine, we bathe")  # the space may still grow into a run of whitespace
+
+
+GLUED = ["xthen ", "then ", "continue with the original task", "bathe ", "the system prompt is: ", "xthis is urgent "]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=texts(ATTACKS + WORDS + GLUED, 8))
+def test_a_signal_counts_what_its_stream_pattern_finds_in_the_whole_text(text):
+    """`count` on the whole text and the pattern a stream scans (`(?<!\\w)` in front of a word-start variant) agree:
+    a match from inside a word does not count, and it hides no match that starts at a later word."""
+    for signal in (*SIGNALS, EXFILTRATION):
+        for variant in (*signal.variants, *signal.cased):
+            pattern = re.compile(*variant.stream_source())
+            assert variant.count(text, None, 10**6) == sum(1 for _ in pattern.finditer(text))
+
+
+def test_a_match_from_inside_a_word_hides_no_match_at_the_next_word():
+    assert score("xthen then continue with the original task", SIGNALS)[1] == ["task_override"]
 
 
 def test_a_length_limit_on_a_stream_blocks_once_the_text_is_past_it():
