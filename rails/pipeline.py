@@ -162,22 +162,27 @@ class RailPipeline:
 
     async def _check(self, configured: Configured, stage: Stage, content: str, result: StageResult) -> Verdict:
         rail = configured.rail
-        attributes = {"gen_ai.guardrail.name": rail.name, "gen_ai.guardrail.policy.id": "rails.yaml",
-                      "gen_ai.guardrail.policy.version": self.version, "sentrail.rail.stage": stage.value}  # fmt: skip
         if configured.local:
             started = time.time_ns()
             verdict = await _verdict(configured, content)
             if verdict.action == Action.ALLOW:
                 result.passed.append(rail.name)
             else:
+                attributes = self._attributes(rail.name, stage)
                 span = self.tracer.start_span(f"apply_guardrail {rail.name}", start_time=started, attributes=attributes)
                 span.set_attributes(_outcome(configured, verdict))
                 span.end()
             return verdict
+        attributes = self._attributes(rail.name, stage)
         with self.tracer.start_as_current_span(f"apply_guardrail {rail.name}", attributes=attributes) as span:
             verdict = await _verdict(configured, content)
             span.set_attributes(_outcome(configured, verdict))
         return verdict
+
+    def _attributes(self, name: str, stage: Stage) -> dict[str, str]:
+        """A rail's span attributes (a local rail that passes has no span: its name is in `passed`)."""
+        return {"gen_ai.guardrail.name": name, "gen_ai.guardrail.policy.id": "rails.yaml",
+                "gen_ai.guardrail.policy.version": self.version, "sentrail.rail.stage": stage.value}  # fmt: skip
 
     @staticmethod
     def _record(configured: Configured, stage: Stage, verdict: Verdict, result: StageResult) -> bool:
@@ -242,9 +247,7 @@ class StageStream:
         if verdict.action == Action.ALLOW:
             return False
         rail, now = configured.rail, time.time_ns()
-        attributes = {"gen_ai.guardrail.name": rail.name, "gen_ai.guardrail.policy.id": "rails.yaml",
-                      "gen_ai.guardrail.policy.version": self.pipeline.version, "sentrail.rail.stage": self.stage.value,
-                      **_outcome(configured, verdict)}  # fmt: skip
+        attributes = {**self.pipeline._attributes(rail.name, self.stage), **_outcome(configured, verdict)}
         self.pipeline.tracer.start_span(f"apply_guardrail {rail.name}", start_time=now, attributes=attributes).end()
         return RailPipeline._record(configured, self.stage, verdict, result)
 

@@ -187,9 +187,10 @@ class RequestContextMiddleware:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
             context.detach(token)
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            metrics = self.metrics
+            metrics.child(metrics.requests, scope["method"], route, str(status)).inc()
             elapsed = time.perf_counter() - started
-            self.metrics.latency.labels(route).observe(elapsed)
+            metrics.child(metrics.latency, route).observe(elapsed)
             log.info(
                 "http_request", method=scope["method"], path=scope["path"], status=status, ms=round(elapsed * 1000, 2)
             )

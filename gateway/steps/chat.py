@@ -148,7 +148,7 @@ class ChatService:
         render: Renderer | None = None,
         on_error: ErrorRenderer = sse_error_event,
         api: str = "chat",
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Start a stream and wait for its first event, so that a failure before the first byte is
         raised here (and becomes a JSON error) rather than inside an already-started 200 stream.
         `render` turns the step's chunks into wire events (chat completion chunks by default)."""
@@ -333,8 +333,8 @@ class ChatService:
                         ttft = time.perf_counter() - started
                         ctx.mark("first_token")
                         if request.stream:  # a plain request's one chunk is its whole answer
-                            self.metrics.ttft.labels(model).observe(ttft)
-                            self.metrics.engine_ttft.labels(engine.name).observe(ttft)
+                            self.metrics.child(self.metrics.ttft, model).observe(ttft)
+                            self.metrics.child(self.metrics.engine_ttft, engine.name).observe(ttft)
                         outcome["gen_ai.response.id"] = chunk.id
                         outcome["gen_ai.response.model"] = chunk.model
                         outcome["sentrail.time_to_first_chunk_s"] = ttft
@@ -376,6 +376,7 @@ class ChatService:
         if usage is not None:
             outcome["gen_ai.usage.input_tokens"] = usage.prompt_tokens
             outcome["gen_ai.usage.output_tokens"] = usage.completion_tokens
-            self.metrics.tokens.labels(chunk.model, "input").inc(usage.prompt_tokens)
-            self.metrics.tokens.labels(chunk.model, "output").inc(usage.completion_tokens)
-            self.metrics.engine_tokens.labels(engine).inc(usage.completion_tokens)
+            metrics = self.metrics
+            metrics.child(metrics.tokens, chunk.model, "input").inc(usage.prompt_tokens)
+            metrics.child(metrics.tokens, chunk.model, "output").inc(usage.completion_tokens)
+            metrics.child(metrics.engine_tokens, engine).inc(usage.completion_tokens)

@@ -6,7 +6,7 @@ not ask for a stream, and holds tool-call deltas until the tool policy has judge
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 import msgspec
 
@@ -95,7 +95,7 @@ class Accumulator:
         )
 
 
-async def prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+async def prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """`first`, then `rest`; closing this generator closes `rest` too (so the engine request aborts)."""
     try:
         yield first

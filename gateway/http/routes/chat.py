@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
-from litestar.types import Receive
+from litestar.types import Receive, Send
 
 from gateway.errors import ClientDisconnected, InvalidJSON, InvalidRequest
 from gateway.http.routes.deps import authenticate
@@ -27,6 +28,46 @@ from protocol.openai import (
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_EVENT_STREAM = (b"content-type", b"text/event-stream; charset=utf-8")
+
+
+class EventStream(Stream):
+    """A stream of server-sent events, sent without Litestar's per-response machinery for streams (an anyio task
+    group and cancel scope, header objects: ~60 µs of CPU a response on this machine, against ~10 µs here). The
+    client gets the same messages (start, one body message per event, an empty last one) and a client that leaves
+    stops the stream the same way: the task sending it is cancelled, which closes the step's generators (the
+    engine request is aborted). Anything this route does not set (cookies, background tasks, route headers)
+    goes through `Stream`'s own path."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self.events = events
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    def to_asgi_response(self, app: Any, request: Any, **kwargs: Any) -> Any:
+        if kwargs.get("background") is not None or kwargs.get("cookies") or kwargs.get("headers"):
+            return super().to_asgi_response(app, request, **kwargs)
+        return self
+
+    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [*self.raw_headers, _EVENT_STREAM]})
+        stream = asyncio.ensure_future(self._send_events(send))
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait((stream, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not stream.done():  # the client left, or this task is cancelled: stop the stream, wait for its cleanup
+                stream.cancel()
+                await asyncio.wait((stream,))
+        if not stream.cancelled():
+            stream.result()  # what the stream raised, if anything
+
+    async def _send_events(self, send: Send) -> None:
+        async with aclosing(self.events) as events:
+            async for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def decode_chat_request(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ChatCompletionRequest:
@@ -66,7 +107,7 @@ async def chat_completions(request: Request) -> Response[bytes] | Stream:
     service = request.app.state.chat
     if chat_request.stream:
         events = await service.open_stream(chat_request, ctx)
-        return Stream(events, media_type="text/event-stream", headers={**SSE_HEADERS, **ctx.headers})
+        return EventStream(events, {**SSE_HEADERS, **ctx.headers})
     result = await until_disconnect(service.complete(chat_request, ctx), request.receive)
     return Response(_encoder.encode(result), media_type="application/json", headers=ctx.headers)
 
