@@ -154,8 +154,9 @@ def create_app(
         watchers = [asyncio.create_task(_watch_health(pool, settings.health_interval_s))]
         reloaders = [partial(guard.reload, rails_path(settings), tracer)] if guard is not None else []
         reloaders += [tools.reload] if tools is not None else []
+        reloaders += [mcp.reload] if mcp is not None else []
         policies = Path(settings.policies_dir)
-        loaded = [g.loaded_event() for g in (guard, tools) if g is not None]
+        loaded = [g.loaded_event() for g in (guard, tools, mcp) if g is not None]
         await audit.append(SYSTEM, [{**event, "gateway": socket.gethostname()} for event in loaded])
         record = partial(audit.append, SYSTEM)
         watchers.append(asyncio.create_task(watch_folder(policies, settings.rails_reload_s, reloaders, record)))

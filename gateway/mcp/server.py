@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,7 +40,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from gateway.errors import Forbidden, describe, kind_of, to_error_body
 from gateway.mcp.calls import CallJudge, McpContext, tool_error
-from gateway.mcp.config import SEPARATOR, TOOL_NAME, McpConfig
+from gateway.mcp.config import SEPARATOR, TOOL_NAME, McpConfig, load_mcp_config
 from gateway.mcp.pinning import PinCheck, Pins, definition_sha256
 from gateway.mcp.upstream import Upstream, UpstreamUnavailable
 from gateway.steps.guard import Guard
@@ -47,6 +48,7 @@ from gateway.stores.audit import AuditLog
 from gateway.stores.keys import DEV_KEY, KeyRecord, KeyStore
 from gateway.stores.sessions import SESSION_ID
 from rails.base import Stage
+from rails.config import RailsConfigError
 
 log = structlog.get_logger("sentrail.mcp")
 PIN_CACHE_S = 5.0  # how long a definition found pinned is not checked again (one Redis read a call saved)
@@ -76,8 +78,11 @@ class McpGateway:
         self.tracer = tracer
         self.key_store = key_store
         self.dev_mode = dev_mode
+        self.cwd = cwd
         self.upstreams = {server.name: Upstream(server, cwd) for server in config.file.enabled}
-        self._exposed: tuple[tuple[int, ...], list[Exposed]] = ((), [])  # the catalog named and hashed, per generation
+        self._exposed: tuple[tuple, list[Exposed]] = ((), [])  # the catalog named and hashed, per upstream generation
+        self._stopping: set[asyncio.Task] = set()  # upstreams a reload removed, being stopped
+        self.reloaded = asyncio.Event()  # set (and replaced) after each reload that changed something
         self._pinned: dict[tuple[str, str, str, str], float] = {}  # (tenant, server, tool, definition) -> when it
         # matched the tenant's pin: trusted for PIN_CACHE_S (a pin moved by another replica is seen after that)
         self._verdicts: dict[str, tuple[bool, list[dict[str, Any]]]] = {}  # definition -> (flagged, decisions)
@@ -98,6 +103,41 @@ class McpGateway:
 
     def upstream(self, name: str) -> Upstream:
         return self.upstreams[name]
+
+    def loaded_event(self, kind: str = "policy_loaded") -> dict[str, Any]:
+        path = self.config.path
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.exists() else ""
+        return {"type": kind, "kind": "mcp", "version": self.config.version, "files": {"mcp.yaml": digest},
+                "servers": [s.name for s in self.config.file.enabled]}  # fmt: skip
+
+    def reload(self) -> dict[str, Any] | None:
+        """A changed mcp.yaml that loads replaces the config: servers added are started, removed ones stopped,
+        changed ones restarted (the others keep their connection); one that does not load is logged with every
+        error, and the last good config keeps serving."""
+        assert self.config.path is not None
+        try:
+            config = load_mcp_config(self.config.path)
+        except RailsConfigError as exc:
+            log.error("mcp_reload_failed", errors=exc.errors, kept=self.config.version)
+            return {"type": "policy_reload_failed", "kind": "mcp", "errors": exc.errors, "kept": self.config.version}
+        if config.version == self.config.version:
+            return None
+        old, new = self.upstreams, {server.name: server for server in config.file.enabled}
+        for name in [n for n, u in old.items() if new.get(n) != u.config]:
+            task = asyncio.create_task(old.pop(name).stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+        for name, server in new.items():
+            if name not in old:
+                old[name] = Upstream(server, self.cwd)
+                old[name].start()
+        self.config = msgspec.structs.replace(config, path=self.config.path)
+        self.pins.on_change = config.file.pinning.on_change
+        self._exposed = ((), [])
+        log.info("mcp_reloaded", version=config.version, servers=sorted(old))
+        self.reloaded.set()
+        self.reloaded = asyncio.Event()
+        return self.loaded_event("policy_reload")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any = None) -> AsyncIterator[None]:
@@ -186,7 +226,7 @@ class McpGateway:
 
     def exposed(self) -> list[Exposed]:
         """Every known tool under the name agents see: `server__tool` where another server has that name too."""
-        generations = tuple(u.generation for u in self.upstreams.values())
+        generations = tuple((id(u), u.generation) for u in self.upstreams.values())
         if self._exposed[0] != generations:
             self._exposed = (generations, self._names())
         return self._exposed[1]

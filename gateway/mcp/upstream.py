@@ -62,6 +62,8 @@ class Upstream:
         return "stdio" if self.config.command is not None else "http"
 
     def start(self) -> None:
+        if self._task is not None:
+            return
         self._task = asyncio.create_task(self._supervise(), name=f"mcp-upstream-{self.name}")
 
     async def stop(self) -> None:

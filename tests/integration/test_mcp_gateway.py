@@ -338,3 +338,29 @@ async def test_a_server_that_cannot_start_leaves_the_others_serving(redis_server
         assert not app.state.mcp.upstream("broken").ready.is_set()
         listing = [r for r in await audit_records(app) if r["type"] == "mcp_list"][-1]
     assert listing["unavailable"] == ["broken"]
+
+
+async def test_mcp_yaml_hot_reloads_and_a_broken_edit_keeps_the_last_good(redis_server, tmp_path):
+    redis_server.flush()
+    policies = write_policies(tmp_path / "p", stdio("notes", *NOTES))
+    mcp_yaml = policies / "mcp.yaml"
+    async with served(redis_server, policies) as (base, app), mcp_client(base, "s-reload") as client:
+        gateway = app.state.mcp
+        assert "get_current_time" not in {tool.name for tool in (await client.list_tools()).tools}
+        notes = gateway.upstream("notes")
+        reloaded = gateway.reloaded
+        mcp_yaml.write_text(mcp_yaml.read_text() + stdio("time", "-m", "mcp_server_time", "--local-timezone", "UTC"))
+        async with asyncio.timeout(60):
+            await reloaded.wait()  # the policies watcher saw the edit
+            await gateway.upstream("time").wait_ready(30)
+        assert gateway.upstream("notes") is notes  # unchanged servers keep their connection
+        assert "get_current_time" in {tool.name for tool in (await client.list_tools()).tools}
+        good = gateway.config.version
+        mcp_yaml.write_text("servers:\n  - name: oops\n")
+        assert gateway.reload()["type"] == "policy_reload_failed"  # the watcher does the same
+        assert (
+            gateway.config.version == good
+            and not (await client.call_tool("get_current_time", {"timezone": "UTC"})).is_error
+        )
+    system = [r async for _, r in app.state.audit.records("_system") if r is not None and r.get("kind") == "mcp"]
+    assert [r["type"] for r in system][:2] == ["policy_loaded", "policy_reload"]
