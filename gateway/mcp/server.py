@@ -52,7 +52,7 @@ from rails.config import RailsConfigError
 
 log = structlog.get_logger("sentrail.mcp")
 PIN_CACHE_S = 5.0  # how long a definition found pinned is not checked again (one Redis read a call saved)
-STORE_ERROR = -32003  # a JSON-RPC server error: Sentrail could not decide (store down, limits): nothing ran
+DECISION_ERROR = -32003  # JSON-RPC server error: Sentrail could not decide (store down, limits, a bug): nothing ran
 
 
 @dataclass(frozen=True)
@@ -433,7 +433,7 @@ def _protocol_error(exc: Exception, span: Any) -> MCPError:
         log.error("mcp_request_failed", exc_info=exc)
     span.set_status(Status(StatusCode.ERROR, error_type))
     span.set_attribute("error.type", error_type)
-    return MCPError(code=STORE_ERROR, message=f"{error_type}: {message}")
+    return MCPError(code=DECISION_ERROR, message=f"{error_type}: {message}")
 
 
 def mcp_route(gateway: McpGateway) -> Any:
