@@ -85,7 +85,7 @@ class McpGateway:
         self.reloaded = asyncio.Event()  # set (and replaced) after each reload that changed something
         self._pinned: dict[tuple[str, str, str, str], float] = {}  # (tenant, server, tool, definition) -> when it
         # matched the tenant's pin: trusted for PIN_CACHE_S (a pin moved by another replica is seen after that)
-        self._verdicts: dict[str, tuple[bool, list[dict[str, Any]]]] = {}  # definition -> (flagged, decisions)
+        self._verdicts: dict[str, tuple[bool, list[dict[str, Any]]]] = {}  # rails version:text -> (flagged, decisions)
         server = Server(
             "sentrail",
             on_list_tools=self._on_list_tools,
@@ -267,22 +267,27 @@ class McpGateway:
         return "", events
 
     async def _description(self, exposed: Exposed) -> tuple[bool, list[dict[str, Any]]]:
-        """The `tool_result` rails on the tool's description and its parameters' descriptions (once per definition)."""
-        version = self.guard.rails.version if self.guard is not None else ""
-        cached = self._verdicts.get(f"{version}:{exposed.digest}")
+        """The `tool_result` rails on what the tool says of itself (once per definition and rails version)."""
+        if self.guard is None or not self.guard.pipeline.has(Stage.TOOL_RESULT):
+            return False, []
+        tool = exposed.tool  # all the agent's model reads of it: title, description, both schemas' texts
+        text = "\n".join([tool.title or "", tool.description or "", *_schema_descriptions(tool.input_schema),
+                          *_schema_descriptions(tool.output_schema)])  # fmt: skip
+        key = f"{self.guard.rails.version}:{hashlib.sha256(text.encode()).hexdigest()}"
+        cached = self._verdicts.get(key)
         if cached is not None:
             return cached
         flagged, decisions = False, []
-        if self.guard is not None and self.guard.pipeline.has(Stage.TOOL_RESULT):
-            text = "\n".join([exposed.tool.description or "", *_schema_descriptions(exposed.tool.input_schema)])
-            result = await self.guard.pipeline.run(Stage.TOOL_RESULT, text)
-            for decision in result.decisions:
-                if decision.shadow:
-                    continue
-                decisions.append({"rail": decision.rail, "action": decision.action, "reason": decision.reason,
-                                  "label": decision.label})  # fmt: skip
-                flagged = flagged or decision.action in ("block", "label")
-        self._verdicts[f"{version}:{exposed.digest}"] = (flagged, decisions)
+        result = await self.guard.pipeline.run(Stage.TOOL_RESULT, text)
+        for decision in result.decisions:
+            if decision.shadow:
+                continue
+            decisions.append({"rail": decision.rail, "action": decision.action, "reason": decision.reason,
+                              "label": decision.label})  # fmt: skip
+            flagged = flagged or decision.action in ("block", "label")
+        if len(self._verdicts) > 10_000:
+            self._verdicts.clear()
+        self._verdicts[key] = (flagged, decisions)
         return flagged, decisions
 
     # ---- tools/call -------------------------------------------------------------------------------------
