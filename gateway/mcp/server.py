@@ -219,10 +219,16 @@ class McpGateway:
 
     @property
     def catalog(self) -> dict[str, list[types.Tool]]:
-        """server -> its tools at its last listing (servers never listed yet are absent)."""
-        return {
-            n: [t for t in u.tools if _valid_name(t.name)] for n, u in self.upstreams.items() if u.tools is not None
-        }
+        """server -> its tools at its last listing (servers never listed yet are absent); a tool whose name is not
+        1-128 characters of A-Z a-z 0-9 _ . - is left out (logged)."""
+        out: dict[str, list[types.Tool]] = {}
+        for name, upstream in self.upstreams.items():
+            if upstream.tools is not None:
+                out[name] = [t for t in upstream.tools if _valid_name(t.name)]
+                for tool in upstream.tools:
+                    if not _valid_name(tool.name):
+                        log.warning("mcp_tool_name_refused", server=name, tool=tool.name[:200])
+        return out
 
     def exposed(self) -> list[Exposed]:
         """Every known tool under the name agents see: `server__tool` where another server has that name too."""
