@@ -2,7 +2,8 @@
 
 Starts the stub and Sentrail (one configuration of gateways.py), pins the gateway to its own core, drives
 `--seconds` of closed-loop load at concurrency `--concurrency` (JSON, or `--stream`), with py-spy
-recording the gateway; prints requests/s, CPU ms per request, and the functions with the most samples
+recording the gateway; prints requests/s, CPU ms per request, read and write system calls per request
+(/proc/PID/io: a write to a socket is also a wakeup of its reader), and the functions with the most samples
 (inclusive, and own time), and writes the collapsed stacks next to the results.
 
     .venv/bin/python bench/gateways/profile.py [--config none|regex|default] [--stream] [--seconds 15]
@@ -102,11 +103,13 @@ def main() -> None:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             time.sleep(1)
         cpu_before, own_before = tree_cpu_s(gateway.process.pid), process_cpu_s(gateway.process.pid)
+        io_before = syscalls(gateway.process.pid)
         started = time.monotonic()
         answered = asyncio.run(load(port, args.stream, args.seconds, args.concurrency))
         wall = time.monotonic() - started
         cpu = tree_cpu_s(gateway.process.pid) - cpu_before
         own = process_cpu_s(gateway.process.pid) - own_before
+        io = {k: v - io_before[k] for k, v in syscalls(gateway.process.pid).items()}
         if recorder is not None:
             recorder.send_signal(2)  # SIGINT: py-spy writes its output and exits
             recorder.wait(timeout=60)
@@ -117,9 +120,17 @@ def main() -> None:
     print(f"sentrail-{args.config} {'stream' if args.stream else 'json'} c={args.concurrency}: "
           f"{answered / wall:.0f} req/s, {cpu * per:.3f} CPU ms per request "
           f"(gateway process {own * per:.3f}, its children {(cpu - own) * per:.3f})"
-          f"{'' if args.no_spy else ' (py-spy sampling adds some)'}\n")  # fmt: skip
+          f"{'' if args.no_spy else ' (py-spy sampling adds some)'}; per request, the gateway process made "
+          f"{io['syscr'] * per / 1000:.2f} read and {io['syscw'] * per / 1000:.2f} write system calls\n")  # fmt: skip
     if not args.no_spy:
         print(top(collapsed, args.top))
+
+
+def syscalls(pid: int) -> dict[str, int]:
+    """The process's read and write system calls so far (/proc/PID/io: syscr, syscw; sockets included)."""
+    with open(f"/proc/{pid}/io") as f:
+        fields = dict(line.split(": ") for line in f.read().splitlines())
+    return {"syscr": int(fields["syscr"]), "syscw": int(fields["syscw"])}
 
 
 def process_cpu_s(pid: int) -> float:

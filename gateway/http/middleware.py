@@ -51,7 +51,8 @@ class CoalescingSend:
     """Response body parts sent while the app runs without waiting go out together when it next waits:
     a stream whose engine delivered several events at once costs one write (one syscall, one wakeup of
     the client) instead of one per event, and an event that arrives alone still goes out at once.
-    Past `limit` buffered bytes the app waits for the write (backpressure holds)."""
+    Past `limit` buffered bytes the app waits for the write (backpressure holds). The response's start
+    goes out with its first body part (the server writes them in one turn: `CoalescingTransport`)."""
 
     def __init__(self, send: Any, limit: int = 1 << 16) -> None:
         self.send = send
@@ -59,8 +60,12 @@ class CoalescingSend:
         self.parts: list[bytes] = []
         self.size = 0
         self.writer: asyncio.Task[None] | None = None
+        self.start: Any = None  # the response's start, until its first body part is sent
 
     async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
         if message["type"] == "http.response.body" and message.get("more_body"):
             self.parts.append(message["body"])
             self.size += len(message["body"])
@@ -71,7 +76,13 @@ class CoalescingSend:
                 await self.drain()
             return
         await self.drain()
+        await self._started()
         await self.send(message)
+
+    async def _started(self) -> None:
+        if self.start is not None:
+            start, self.start = self.start, None
+            await self.send(start)
 
     async def drain(self) -> None:
         """Wait for the buffered parts to be written (an error writing them is raised here)."""
@@ -80,6 +91,7 @@ class CoalescingSend:
 
     async def _write(self) -> None:
         try:
+            await self._started()
             while self.parts:
                 body = b"".join(self.parts)
                 self.parts.clear()
@@ -200,6 +212,41 @@ def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
     return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
+class CoalescingTransport:
+    """The connection's transport for uvicorn's protocol: what is written in one turn of the event loop goes
+    out in one write at the end of it. uvicorn writes a response's head on its own, then each body part: two
+    syscalls and two wakeups of the client for every plain answer, where one does. Everything else is the
+    transport's own; closing writes what is pending first."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        if self.pending:
+            data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+            self.pending.clear()
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.pending.clear()
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol (httptools) with what it lacks for an exposed gateway. uvicorn bounds
     only the idle time between requests (`timeout_keep_alive`): a client that connects and sends
@@ -223,7 +270,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._arm(self.head_timeout_s, self._head_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from gateway.http.middleware import CoalescingSend
+from gateway.http.middleware import CoalescingSend, CoalescingTransport
 
 
 class Recorder:
@@ -53,3 +53,44 @@ async def test_a_failed_write_is_raised_to_the_app():
     await send(body(b"a"))
     with pytest.raises(ConnectionResetError):
         await send(body(b"", more=False))
+
+
+async def test_the_start_goes_out_with_the_first_body_part():
+    sink = Recorder()
+    send = CoalescingSend(sink)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    assert sink.messages == []  # held: uvicorn would write the head on its own
+    await send(body(b'{"ok": true}', more=False))
+    assert [m["type"] for m in sink.messages] == ["http.response.start", "http.response.body"]
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str):
+        return ("127.0.0.1", 8000) if name == "sockname" else None
+
+
+async def test_what_is_written_in_one_turn_goes_out_in_one_write():
+    transport = Transport()
+    coalescing = CoalescingTransport(transport, asyncio.get_running_loop())
+    coalescing.write(b"HTTP/1.1 200 OK\r\n\r\n")  # uvicorn: the head, then the body
+    coalescing.write(b"{}")
+    assert transport.writes == []
+    await asyncio.sleep(0)
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+    coalescing.write(b"more")
+    coalescing.close()  # what is pending goes out before the connection closes
+    assert transport.writes[-1] == b"more" and transport.closed
+    assert coalescing.get_extra_info("sockname") == ("127.0.0.1", 8000)  # the rest is the transport's own
