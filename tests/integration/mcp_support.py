@@ -153,5 +153,5 @@ def git_repo(folder: Path) -> Path:
         subprocess.run([git, *argv], cwd=folder, check=True)
     (folder / "README.md").write_text("hello\n")
     subprocess.run([git, "add", "README.md"], cwd=folder, check=True)
-    subprocess.run([git, "commit", "-q", "-m", "first"], cwd=folder, check=True)
+    subprocess.run([git, "commit", "-q", "-m", "first, reviewed by ann.smith@example.com"], cwd=folder, check=True)
     return folder

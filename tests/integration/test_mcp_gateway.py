@@ -364,3 +364,12 @@ async def test_mcp_yaml_hot_reloads_and_a_broken_edit_keeps_the_last_good(redis_
         )
     system = [r async for _, r in app.state.audit.records("_system") if r is not None and r.get("kind") == "mcp"]
     assert [r["type"] for r in system][:2] == ["policy_loaded", "policy_reload"]
+
+
+async def test_a_result_from_a_package_index_server_is_masked(redis_server, policies, tmp_path):
+    async with served(redis_server, policies) as (base, app), mcp_client(base, "s-gitmask") as client:
+        log = await client.call_tool("git_log", {"repo_path": str(tmp_path / "repo")})
+        assert not log.is_error and "first, reviewed by" in text_of(log)  # the commit message passes...
+        assert "ann.smith@example.com" not in text_of(log) and "[EMAIL]" in text_of(log)  # ...masked
+        state = await app.state.sessions.load("dev", "s-gitmask")
+    assert "pii" in state.labels
