@@ -1,6 +1,6 @@
 """`sentrail policy check | test | explain | replay`: tooling for the security team that owns policies/.
 
-check    validate rails.yaml, tools.yaml and tests/*.yaml; every error as file:line (CEL: with its column)
+check    validate rails.yaml, tools.yaml, mcp.yaml and tests/*.yaml; every error as file:line (CEL: with its column)
 test     run tests/*.yaml against tools.yaml; non-zero exit on any mismatch
 explain  which rules matched a proposed call, which one decided, and why
 replay   run a candidate policy set over the sessions recorded in Redis; list every decision that changes
@@ -28,7 +28,7 @@ def add_commands(policy: argparse._SubParsersAction, common: argparse.ArgumentPa
         parser.add_argument("--dir", help="policies directory (default: the configured policies_dir)")
         return parser
 
-    command("check", "validate rails.yaml, tools.yaml and tests/*.yaml; errors as file:line")
+    command("check", "validate rails.yaml, tools.yaml, mcp.yaml and tests/*.yaml; errors as file:line")
     command("test", "run the cases under tests/ against tools.yaml")
     explain = command("explain", "show which rules decide a proposed call, and why")
     explain.add_argument("--tool", required=True, help="the tool name")
@@ -77,6 +77,15 @@ def check(directory: Path, settings: Settings) -> int:
             policy = load_tool_policy(tools)
             count = len({id(r) for rules in policy.exact.values() for _, r in rules} | {id(r) for _, r in policy.globs})
             lines.append(f"{tools}: ok, version {policy.version}, {count} rules, default {policy.file.default}")
+        except RailsConfigError as exc:
+            errors += exc.errors
+    mcp = directory / "mcp.yaml"
+    if mcp.exists():
+        from gateway.mcp.config import load_mcp_config
+
+        try:
+            servers = load_mcp_config(mcp).file.servers
+            lines.append(f"{mcp}: ok, {len(servers)} MCP servers: {', '.join(s.name for s in servers) or '-'}")
         except RailsConfigError as exc:
             errors += exc.errors
     for case_file in sorted((directory / "tests").glob("*.yaml")):

@@ -45,6 +45,17 @@ def test_check_reports_every_broken_file_with_its_line(tmp_path, capsys):
     assert f"{policies / 'tests' / 'agent.yaml'}:4:" in err and "maybe" in err
 
 
+def test_check_validates_the_mcp_servers_file(tmp_path, capsys):
+    policies = copy(tmp_path)
+    shutil.copy(POLICIES.parents[1] / "mcp.yaml", policies / "mcp.yaml")
+    assert main(["policy", "check", "--dir", str(policies)]) == 0
+    assert f"{policies / 'mcp.yaml'}: ok, 0 MCP servers" in capsys.readouterr().out
+    (policies / "mcp.yaml").write_text("servers:\n  - name: time\n    comand: [python, -m, mcp_server_time]\n")
+    assert main(["policy", "check", "--dir", str(policies)]) == 2
+    err = capsys.readouterr().err
+    assert f"{policies / 'mcp.yaml'}:3:" in err and "comand" in err
+
+
 def test_explain_names_the_deciding_rule(capsys):
     args = ["policy", "explain", "--dir", str(POLICIES), "--tool", "send_payment", "--args", '{"amount": 500}']
     assert main(args) == 0

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.mcp.config import load_mcp_config
 from gateway.settings import load_settings
 from rails.config import load_rails
 from rails.tools.config import load_tool_policy
@@ -237,6 +238,8 @@ def test_gateway_settings_and_policies_load(tmp_path: Path):
     tools = load_tool_policy(policies / "tools.yaml")
     shipped = load_tool_policy(ROOT / "policies" / "tools.yaml")  # the deployed policy is the repository's default
     assert tools.file.rules and tools.file == shipped.file
+    mcp = load_mcp_config(policies / "mcp.yaml")  # the MCP endpoint is mounted, with no upstream server
+    assert mcp.path is not None and mcp.file == load_mcp_config(ROOT / "policies" / "mcp.yaml").file
 
 
 def test_redis_is_persistent():
