@@ -187,11 +187,14 @@ def lookup_keys(args: Any, words_asked: Iterable[str] = ()) -> set[str]:
 
 @functools.lru_cache(maxsize=4096)
 def _leaf_keys(text: str) -> tuple[str, ...]:
-    """A text leaf's keys and those of each sink value inside it: its normal form, found by the leaf's
-    scan, and the keys a rule asking about the sink itself (`sinks(...)`) looks up."""
+    """A text leaf's keys and those of each sink value inside it. A sink's keys are its own normal form,
+    found by the leaf's scan, and its words: scanning the sink's text again finds nothing more that a
+    lookup uses (a date inside a URL is a date of the leaf too)."""
     keys = list(_string_keys(text))
     for kind, form, written in entities(text):
         if kind in SINK_KINDS:
             keys.append(f"{kind}:{form}")
-            keys.extend(_string_keys(written))  # its words (and its own form again): what rules will look up
-    return tuple(dict.fromkeys(keys))
+            normal = words(written)
+            if normal and (len(normal) <= MAX_PHRASE or len(written) <= MAX_WHOLE):
+                keys.append("v:" + " ".join(normal))
+    return tuple(keys)
