@@ -52,7 +52,8 @@ class CoalescingSend:
     a stream whose engine delivered several events at once costs one write (one syscall, one wakeup of
     the client) instead of one per event, and an event that arrives alone still goes out at once.
     Past `limit` buffered bytes the app waits for the write (backpressure holds). The response's start
-    goes out with its first body part (the server writes them in one turn: `CoalescingTransport`)."""
+    goes out with its first body part (the server writes them in one turn: `CoalescingTransport`), and
+    parts not written yet when the last one comes go out in it (a stream's `[DONE]` and its end)."""
 
     def __init__(self, send: Any, limit: int = 1 << 16) -> None:
         self.send = send
@@ -75,6 +76,10 @@ class CoalescingSend:
             elif self.size >= self.limit:
                 await self.drain()
             return
+        if self.parts and message["type"] == "http.response.body":  # what is not written yet goes with the end
+            message = {**message, "body": b"".join([*self.parts, message.get("body", b"")])}
+            self.parts.clear()
+            self.size = 0
         await self.drain()
         await self._started()
         await self.send(message)

@@ -33,8 +33,8 @@ async def test_parts_ready_together_are_written_together():
     await asyncio.sleep(0.01)  # the app waits for the engine: what it had goes out now
     assert [m.get("body") for m in sink.messages] == [None, b"abc"]
     await send(body(b"d"))
-    await send(body(b"", more=False))
-    assert [m.get("body") for m in sink.messages] == [None, b"abc", b"d", b""]
+    await send(body(b"", more=False))  # the end right after "d": both in the last message
+    assert [m.get("body") for m in sink.messages] == [None, b"abc", b"d"]
     assert sink.messages[-1]["more_body"] is False
 
 
