@@ -340,14 +340,28 @@ def merge_text_chunks(chunks: list[ChatCompletionChunk]) -> list[ChatCompletionC
     if len(chunks) < 2:
         return chunks
     merged: list[ChatCompletionChunk] = []
+    run: list[ChatCompletionChunk] = []  # plain text chunks in a row, of one completion and choice
     for chunk in chunks:
-        last = merged[-1] if merged else None
-        if last is not None and _plain_text(chunk) and _plain_text(last) and _same_choice(last, chunk):
-            delta = Delta(content=(last.choices[0].delta.content or "") + (chunk.choices[0].delta.content or ""))
-            merged[-1] = msgspec.structs.replace(last, choices=[ChunkChoice(delta, None, last.choices[0].index)])
-        else:
+        plain = _plain_text(chunk)
+        if plain and run and _same_choice(run[0], chunk):
+            run.append(chunk)
+            continue
+        _join(run, merged)
+        run = [chunk] if plain else []
+        if not plain:
             merged.append(chunk)
+    _join(run, merged)
     return merged
+
+
+def _join(run: list[ChatCompletionChunk], merged: list[ChatCompletionChunk]) -> None:
+    """A run of plain text chunks as one (its text joined once), onto `merged`."""
+    if len(run) == 1:
+        merged.append(run[0])
+    elif run:
+        first = run[0]
+        delta = Delta(content="".join(chunk.choices[0].delta.content or "" for chunk in run))
+        merged.append(msgspec.structs.replace(first, choices=[ChunkChoice(delta, None, first.choices[0].index)]))
 
 
 def _same_choice(a: ChatCompletionChunk, b: ChatCompletionChunk) -> bool:
