@@ -235,10 +235,13 @@ class CoalescingTransport:
 
     def flush(self) -> None:
         if self.pending:
-            data = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
-            self.pending.clear()
-            if not self.transport.is_closing():
-                self.transport.write(data)
+            pending, self.pending = self.pending, []
+            if self.transport.is_closing():
+                return
+            if len(pending) == 1:
+                self.transport.write(pending[0])
+            else:  # one system call (uvloop writes the parts together; asyncio joins them)
+                self.transport.writelines(pending)
 
     def close(self) -> None:
         self.flush()

@@ -72,6 +72,9 @@ class Transport:
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
+    def writelines(self, parts) -> None:
+        self.writes.append(b"".join(parts))
+
     def is_closing(self) -> bool:
         return self.closed
 
