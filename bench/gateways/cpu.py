@@ -8,10 +8,12 @@ time (`time.process_time`) per request over `--requests` requests of each kind, 
 to the client are not in it (they are the same for every variant); everything from the middleware down,
 the engine client's socket to the stub included, is.
 
-    .venv/bin/python bench/gateways/cpu.py [--config default] [--requests 2000] [--profile json|stream]
+    .venv/bin/python bench/gateways/cpu.py [--config default] [--requests 2000] [--kinds json stream]
+                                           [--profile json|stream [--callers REGEX]]
 
-`--profile` runs cProfile over one kind instead and prints the functions with the most own and
-cumulative time.
+It also counts the garbage collector's runs per request. `--profile` runs cProfile over one kind instead
+and prints own time per package (or file of this repository), then the functions with the most own and
+cumulative time (cProfile inflates code made of many small calls: compare its figures with each other).
 """
 
 from __future__ import annotations
