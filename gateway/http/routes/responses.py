@@ -8,7 +8,7 @@ from typing import Any
 from litestar import Request, Response, delete, get, post
 from litestar.response import Stream
 
-from gateway.http.routes.chat import SSE_HEADERS, decode_body, until_disconnect
+from gateway.http.routes.chat import SSE_HEADERS, EventStream, decode_body, until_disconnect
 from gateway.http.routes.deps import audit_deletion, authenticate
 from gateway.steps.chat import StepContext
 from gateway.steps.responses import ResponseRun, ResponsesRequest, to_chat
@@ -32,7 +32,7 @@ async def create_response(request: Request) -> Response[Any] | Stream:
     service = state.chat
     if body.stream:
         events = await service.open_stream(chat, ctx, run.render, run.error_event, api="responses")
-        return Stream(events, media_type="text/event-stream", headers={**SSE_HEADERS, **ctx.headers})
+        return EventStream(events, {**SSE_HEADERS, **ctx.headers})
 
     async def complete() -> dict[str, Any]:
         step = await service.begin(chat, ctx, "responses")
