@@ -26,6 +26,10 @@ Action = Literal["allow", "deny", "require_approval"]
 _MENTIONS = re.compile(r"user_mentions\(([^)]*)\)")
 _LITERAL = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'")
 _NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*(\()?")
+_ASKED = re.compile(
+    rf"(?<![\w.])({'|'.join(sorted(PROVENANCE_FUNCTIONS))})\s*\(\s*"
+    r"(?:call\s*\.\s*args\s*\.\s*([A-Za-z_]\w*)(?=\s*[,).\[]))?"
+)
 _CEL_POSITION = re.compile(r"<input>:(\d+):(\d+): (.*?)(?:\n|$)")
 
 
@@ -94,6 +98,7 @@ class CompiledRule(msgspec.Struct, frozen=True):
     reads_calls: bool  # the expression looks at session.calls (the history is built only then)
     reads_provenance: bool = False  # it calls a provenance function (registered in the context only then)
     roots: frozenset[str] = frozenset(ROOTS)  # the variables it reads (call, session, request): only those are built
+    asks: frozenset[str] | None = None  # the arguments its provenance functions ask about; None: any value
 
 
 class ToolRules(msgspec.Struct, frozen=True):
@@ -104,13 +109,16 @@ class ToolRules(msgspec.Struct, frozen=True):
     reads_calls: bool  # some rule reads session.calls
     reads_provenance: bool  # some rule calls a provenance function
     program: Any = None  # every condition in one program (two or more): one evaluation per call
+    asks: frozenset[str] | None = None  # the arguments whose values' origins rules ask about; None: all of them
 
     @classmethod
     def of(cls, rules: list[CompiledRule]) -> ToolRules:
         conditions = [r.rule.when for r in rules if r.program is not None and r.rule.when is not None]
+        asking = [r for r in rules if r.reads_provenance]
+        asks = None if any(r.asks is None for r in asking) else frozenset().union(*(r.asks or () for r in asking))
         return cls(rules, frozenset().union(*(r.roots for r in rules)), any(r.reads_calls for r in rules),
                    any(r.reads_provenance for r in rules),
-                   compile_all(conditions) if len(conditions) > 1 else None)  # fmt: skip
+                   compile_all(conditions) if len(conditions) > 1 else None, asks)  # fmt: skip
 
 
 class ToolPolicy(msgspec.Struct, frozen=True):
@@ -138,8 +146,12 @@ class ToolPolicy(msgspec.Struct, frozen=True):
         read before deciding; none for a tool whose rules ask nothing about provenance."""
         keys: set[str] = set()
         for tool, args in calls:
-            if self.rules_for(tool).reads_provenance:
-                keys |= lookup_keys(args, self.mentions)
+            rules = self.rules_for(tool)
+            if not rules.reads_provenance:
+                continue
+            if rules.asks is not None and isinstance(args, dict) and not self.is_source(tool):
+                args = {name: value for name, value in args.items() if name in rules.asks}  # only those are asked
+            keys |= lookup_keys(args, self.mentions)
         return keys
 
     def labels_for_tool(self, tool: str) -> set[str]:
@@ -200,7 +212,8 @@ def load_tool_policy(path: Path) -> ToolPolicy:
         variables, functions = _names(rule.when or "")
         reads = bool(PROVENANCE_FUNCTIONS.intersection(functions))
         roots = frozenset(variables.intersection(ROOTS) | {"call"})
-        compiled.append(CompiledRule(rule, program, "session.calls" in (rule.when or ""), reads, roots))
+        asks = _asked_arguments(rule.when or "")
+        compiled.append(CompiledRule(rule, program, "session.calls" in (rule.when or ""), reads, roots, asks))
     seen: set[str] = set()
     for index, entry in enumerate(compiled):
         if entry is not None and entry.rule.name in seen:
@@ -240,6 +253,20 @@ def _compile(expression: str) -> tuple[Any, str | None]:
         return compile_condition(expression), None
     except ValueError as exc:
         return None, str(exc)
+
+
+def _asked_arguments(expression: str) -> frozenset[str] | None:
+    """The call's arguments whose values the expression's provenance functions ask about, when each of them
+    is given one argument as is (`trusted(call.args.to)`); None when one is given anything else (the whole
+    arguments, a comprehension's variable, an expression): then every value's origins are read."""
+    names: set[str] = set()
+    for function, name in _ASKED.findall(_LITERAL.sub('""', expression)):
+        if function == "user_mentions":
+            continue  # its words are read for every call of the tool
+        if not name:
+            return None
+        names.add(name)
+    return frozenset(names)
 
 
 def _names(expression: str) -> tuple[set[str], set[str]]:

@@ -1,6 +1,7 @@
 """The CEL runtime of tool policies: what the checker refuses when a file loads (with file:line), how
 functions reach the call being decided, and the reasons a rule that cannot be evaluated gives."""
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -169,3 +170,43 @@ def test_one_program_per_tool_gives_what_each_rule_alone_gives(tmp_path):
         ("calls", True, "deny"),
     ]
     assert "the call has no argument 'amount'" in missing[0].reason
+
+
+def test_only_the_arguments_rules_ask_about_are_looked_up_and_decisions_are_the_same(tmp_path):
+    """The gateway reads from the session's index only the keys `lookup_keys` names: deciding on that slice
+    must give what deciding on the whole index gives, whatever the rules ask."""
+    from rails.tools.provenance import Origin
+
+    policy = _policy(
+        tmp_path,
+        "{name: to, tools: [mail, fetch], when: 'has(call.args.to) && !trusted(call.args.to)', action: deny}",
+        "{name: flagged, tools: [mail], when: 'tainted(call.args.body, \"injection\")', action: deny}",
+        "{name: links, tools: [post], when: 'sinks(call.args).exists(s, !trusted(s))', action: deny}",
+        "{name: asked, tools: [rm], when: '!user_mentions(\"delete\") || made_up(call.args.path)', action: deny}",
+    )
+    assert policy.rules_for("mail").asks == {"to", "body"} and policy.rules_for("post").asks is None
+    whole = ValueIndex()
+    whole.add_message("user", "mail ann@example.com, delete /tmp/a and read https://docs.example.org", 1)
+    whole.add_tool_result("from: eve@evil.test\nnote: see https://evil.test/x", "read", 2, lambda p: ("untrusted",))
+    whole.add("v:hello eve", Origin("tool", "read", 2, "", ("injection",)))
+    calls = [
+        ("mail", {"to": "ann@example.com", "body": "hello eve", "cc": "eve@evil.test"}),
+        ("mail", {"to": "eve@evil.test", "body": "hi"}),
+        ("fetch", {"to": "ann@example.com", "url": "https://evil.test/x"}),
+        ("post", {"text": "see https://docs.example.org and https://evil.test/x"}),
+        ("post", {"text": "see https://docs.example.org"}),
+        ("rm", {"path": "/tmp/a"}),
+        ("rm", {"path": "/tmp/b"}),
+    ]
+    decide = Decider(policy, None).decide
+    for tool, args in calls:
+        keys = policy.lookup_keys([(tool, args)])
+        if tool == "mail":
+            assert "email:eve@evil.test" not in keys or args.get("to") == "eve@evil.test"  # cc is not asked about
+        sliced = ValueIndex({k: whole.entries[k] for k in keys if k in whole.entries}, whole.texts)
+        raw = json.dumps(args)
+        on_slice = decide("c", tool, raw, SessionView("s", provenance=ProvenanceView(sliced)))
+        on_whole = decide("c", tool, raw, SessionView("s", provenance=ProvenanceView(whole)))
+        assert (on_slice.action, on_slice.rule) == (on_whole.action, on_whole.rule), (tool, args)
+    assert [decide("c", t, json.dumps(a), SessionView("s", provenance=ProvenanceView(whole))).action
+            for t, a in calls] == ["deny", "deny", "allow", "deny", "allow", "allow", "deny"]  # fmt: skip
