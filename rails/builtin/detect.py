@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from ..base import RailStream, Stage, Verdict
-from .partial import Patterns, Scanner, Unsupported, patterns
+from .partial import Unsupported
+from .scanner import Patterns, Scanner, patterns
 
 Span = tuple[int, int]
 Finder = Callable[[str], list[Span]]

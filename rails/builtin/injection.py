@@ -28,7 +28,8 @@ from collections.abc import Sequence
 
 from ..base import RailStream, Stage, Verdict
 from .normalize import NormalStream, fold, normal
-from .partial import Patterns, Scanner, Unsupported, literals, patterns
+from .partial import Unsupported
+from .scanner import Patterns, Scanner, literals, patterns
 from .signals import ADDRESSED, EXFILTRATION, FENCE, GROUP_CAP, SIGNALS, Readings, Signal, mentioned, total
 
 __all__ = ["ADDRESSED", "EXFILTRATION", "SIGNALS", "InjectionRail", "Signal", "hidden_payloads", "readings", "score"]

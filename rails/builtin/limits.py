@@ -8,7 +8,8 @@ import re
 from collections.abc import Sequence
 
 from ..base import RailStream, Stage, Verdict
-from .partial import Scanner, Unsupported, patterns
+from .partial import Unsupported
+from .scanner import Scanner, patterns
 
 
 class LengthRail:

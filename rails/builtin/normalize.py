@@ -25,7 +25,7 @@ import unicodedata
 
 from confusable_homoglyphs.confusables import confusables_data
 
-from .partial import Scanner, patterns
+from .scanner import Scanner, patterns
 
 # Blocks of compatibility forms of ASCII characters (fullwidth, mathematical alphanumerics, letterlike symbols,
 # Roman numerals, enclosed and super/subscript letters): NFKC gives their ASCII character, case kept
