@@ -52,6 +52,15 @@ class Metrics:
         self.engine_busy = Gauge("sentrail_engine_in_flight", "Requests in flight per engine", engine, registry=r)
         self.engine_up = Gauge("sentrail_engine_healthy", "1 when the engine takes requests", engine, registry=r)
 
+        self.mcp_calls = Counter(
+            "sentrail_mcp_tool_calls", "MCP tools/call by outcome (allow, deny, require_approval, blocked, "
+            "upstream_error, hidden, error)", ["outcome"], registry=r,
+        )  # fmt: skip
+        self.mcp_latency = Histogram(
+            "sentrail_mcp_tool_call_duration_seconds", "An MCP tools/call through Sentrail, judged and run",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def child(self, metric: M, *values: str) -> M:

@@ -141,7 +141,8 @@ def create_app(
     approvals = ApprovalStore(redis)
     audit = AuditLog.from_settings(redis, settings)  # the audit key: audit_key_file, or --dev's own
     key_store, limiter = KeyStore(redis, settings.key_cache_s), RateLimiter(redis)
-    mcp = load_mcp_gateway(settings, redis, sessions, guard, tools, approvals, audit, limiter, tracer, key_store)
+    mcp = load_mcp_gateway(settings, redis, sessions, guard, tools, approvals, audit, limiter, tracer, key_store,
+                           metrics)  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

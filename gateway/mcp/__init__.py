@@ -12,6 +12,7 @@ from gateway.mcp.calls import CallJudge
 from gateway.mcp.config import load_mcp_config
 from gateway.mcp.pinning import Pins
 from gateway.mcp.server import McpGateway, mcp_route
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.steps.guard import Guard
 from gateway.steps.tool_guard import ToolGuard
@@ -32,6 +33,7 @@ def mcp_path(settings: Settings) -> Path:
 def load_mcp_gateway(
     settings: Settings, redis: Any, sessions: SessionStore, guard: Guard | None, tools: ToolGuard | None,
     approvals: ApprovalStore, audit: AuditLog | None, limiter: RateLimiter, tracer: Tracer, key_store: KeyStore,
+    metrics: Metrics | None = None,
 ) -> McpGateway | None:  # fmt: skip
     """The gateway from <policies_dir>/mcp.yaml, or None without the file (no /mcp endpoint). An invalid file
     raises `RailsConfigError` with every problem as file:line (serve refuses to start)."""
@@ -43,4 +45,4 @@ def load_mcp_gateway(
     ttl = tools.policy.file.approval_ttl_s if tools is not None else 3600
     pins = Pins(redis, approvals, config.file.pinning.on_change, ttl)
     log.info("mcp_loaded", path=str(path), servers=[s.name for s in config.file.enabled], version=config.version)
-    return McpGateway(config, judge, pins, guard, audit, tracer, key_store, settings.dev_mode)
+    return McpGateway(config, judge, pins, guard, audit, tracer, key_store, settings.dev_mode, metrics=metrics)

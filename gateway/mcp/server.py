@@ -43,6 +43,7 @@ from gateway.mcp.calls import CallJudge, McpContext, tool_error
 from gateway.mcp.config import SEPARATOR, TOOL_NAME, McpConfig, load_mcp_config
 from gateway.mcp.pinning import PinCheck, Pins, definition_sha256
 from gateway.mcp.upstream import Upstream, UpstreamUnavailable
+from gateway.metrics import Metrics
 from gateway.steps.guard import Guard
 from gateway.stores.audit import AuditLog
 from gateway.stores.keys import DEV_KEY, KeyRecord, KeyStore
@@ -69,8 +70,10 @@ class McpGateway:
     def __init__(
         self, config: McpConfig, judge: CallJudge, pins: Pins, guard: Guard | None, audit: AuditLog | None,
         tracer: Tracer, key_store: KeyStore, dev_mode: bool = False, cwd: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:  # fmt: skip
         self.config = config
+        self.metrics = metrics
         self.judge = judge
         self.pins = pins
         self.guard = guard
@@ -304,7 +307,9 @@ class McpGateway:
             try:
                 result, action = await self.call(call, params.name, dict(params.arguments or {}))
             except Exception as exc:  # nothing ran upstream unless the call was judged; fail closed
+                self._count("error", call.started)
                 raise _protocol_error(exc, span) from None
+            self._count(action, call.started)
             span.set_attribute("sentrail.tool.decision", action)
             if result.is_error:
                 span.set_attributes({"error.type": "tool_error"})
@@ -342,6 +347,11 @@ class McpGateway:
         outcome = await self.judge.call(call, exposed.name, exposed.server, exposed.tool.input_schema, arguments,
                                         execute)  # fmt: skip
         return outcome.result, outcome.action
+
+    def _count(self, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.child(self.metrics.mcp_calls, outcome).inc()
+            self.metrics.mcp_latency.observe(time.perf_counter() - started)
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
         """The schema the SDK checks a call's `Mcp-Param-*` headers against, from the last listing."""

@@ -105,6 +105,11 @@ async def test_a_denied_call_never_reaches_the_server_and_says_why(redis_server,
         assert not allowed.is_error and text_of(allowed) == "sent to [EMAIL]"  # the pii rail masks results too
         steps = await app.state.sessions.steps("dev", "s-deny")
         state = await app.state.sessions.load("dev", "s-deny")
+        async with httpx2.AsyncClient(base_url=base) as http:
+            metrics = (await http.get("/metrics")).text
+    assert 'sentrail_mcp_tool_calls_total{outcome="deny"} 1.0' in metrics
+    assert 'sentrail_mcp_tool_calls_total{outcome="allow"} 1.0' in metrics
+    assert "sentrail_mcp_tool_call_duration_seconds_count 2.0" in metrics
     assert steps[0]["tool_calls"][0]["rule"] == "mail-inside"
     assert steps[0]["emitted"]["tool_calls"] == []  # not run
     assert sorted(c.decision for c in state.calls.values()) == ["allow", "deny"]
