@@ -117,16 +117,11 @@ def _function(name: str, impl: Callable[..., Any], result: Any, *params: Any) ->
 
 def _declarations() -> list[cel.FunctionDecl]:
     origin = T.Map(T.STRING, T.DYN)
-    asked = _named("user_mentions", _per_call("user_mentions"))
+    mentioned = _per_call("user_mentions")
+    asked = _named("user_mentions", mentioned)
     mentions = [cel.Overload(f"user_mentions_{n}", T.BOOL, [T.STRING] * n, impl=asked) for n in range(1, 9)]
-    mentions.append(
-        cel.Overload(
-            "user_mentions_list",
-            T.BOOL,
-            [T.List(T.STRING)],
-            impl=_named("user_mentions", lambda words: _per_call("user_mentions")(*words)),
-        )
-    )
+    listed = _named("user_mentions", lambda words: mentioned(*words))
+    mentions.append(cel.Overload("user_mentions_list", T.BOOL, [T.List(T.STRING)], impl=listed))
     return [
         _function("email_domain", email_domain, T.STRING, T.STRING),
         _function("path_under", path_under, T.BOOL, T.STRING, T.STRING),

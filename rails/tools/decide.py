@@ -224,7 +224,7 @@ def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: Tool
 
 
 _ARG = re.compile(r"call\.args\.([A-Za-z_]\w*)")
-_MISSING = re.compile(r"Key not found in map : \"((?:[^\"\\]|\\.)*)\"|No such key: (\S+)")
+_MISSING = re.compile(r"Key not found in map : \"((?:[^\"\\]|\\.)*)\"")
 _FAILED = re.compile(r"^(\w+\(\) failed: .*)$", re.DOTALL)
 _CEL_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list", dict: "a map"}
 
@@ -238,7 +238,7 @@ def failure(exc: Exception, when: str, args: Any) -> str:
     missing = [name for name in used if name not in args]
     found = _MISSING.search(message)
     if found is not None:
-        key = found.group(1) if found.group(1) is not None else found.group(2)
+        key = found.group(1)
         if key in missing or (missing and key not in args):
             name = key if key in missing else missing[0]
             return f"the call has no argument {name!r} (test for it with has(call.args.{name}))"
