@@ -6,7 +6,9 @@ For prose and for adversarial text (digits, addresses, trigger words and key-lik
 something is always half-way through a match), in pieces of 4 characters and of one word: CPU per character and
 per piece, the characters fed before the first release, and how much is held back on average and at most.
 
-    .venv/bin/python bench/output_frontier.py [--chars 20000] [--runs 5]
+    .venv/bin/python bench/output_frontier.py [--chars 20000] [--runs 5] [--baseline REV]
+
+`--baseline REV` first runs that revision's own copy of this script (bench/baseline.py) and prints both reports.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.baseline import report  # noqa: E402
 from gateway.steps.guard import OutputBlocked, OutputFilter  # noqa: E402
 from rails.config import load_rails  # noqa: E402
 from rails.pipeline import RailPipeline  # noqa: E402
@@ -69,7 +72,11 @@ async def stream(pipeline: RailPipeline, pieces: list[str], windowed: bool) -> d
     return {"s": elapsed, "first": first or fed, "held": statistics.mean(held), "max": max(held)}
 
 
-async def main(chars: int, runs: int) -> None:
+async def main(chars: int, runs: int, baseline: str | None) -> None:
+    if baseline:
+        commit, before = report(baseline, "bench/output_frontier.py", ["gateway", "rails", "policies"],
+                                ["--chars", str(chars), "--runs", str(runs)])  # fmt: skip
+        print(f"## Before: {commit}\n\n{before}\n\n## Now\n")
     _, rails = load_rails(ROOT / "policies" / "rails.yaml")
     pipeline = RailPipeline(rails)
     head = "| text | pieces | filter | ns / char | µs / piece | first release after (chars) | held mean / max (chars) |"
@@ -112,5 +119,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chars", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--baseline", help="a git revision measured first, with its own code")
     args = parser.parse_args()
-    asyncio.run(main(args.chars, args.runs))
+    asyncio.run(main(args.chars, args.runs, args.baseline))

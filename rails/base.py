@@ -44,7 +44,12 @@ _ALLOW = Verdict(Action.ALLOW)
 
 class RailStream(Protocol):
     """One rail on one text that arrives in pieces (a streamed answer): see `Rail.stream`. `frontier`: the
-    position in the text fed so far before which everything is decided (its length when nothing is pending)."""
+    position in the text fed so far before which everything is decided (its length when nothing is pending).
+
+    Optional, for a judge: `peek(text) -> int | None`, the frontier it would reach if `text` came next (more to
+    follow), changing nothing; None when that would decide a match or it cannot say cheaply. Optional, for a
+    masker: `pending`, the text it was given and has not passed on, and `lead`, the character every mask it
+    writes starts with. With both, a judge downstream looks into the maskers' pending text (`StageStream`)."""
 
     frontier: int
 

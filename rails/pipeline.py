@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -43,6 +43,7 @@ from .tools.provenance import structured, text_fields
 OFF_LOOP_CHARS = 16_384  # a local rail checks a longer text in a worker thread
 MAX_PLACED_FIELDS = 16_384  # a structured result with more text fields (keys included) is labelled as a whole
 SLICE_S = 0.002  # placing a detection field by field gives the event loop a turn this often
+AHEAD_CHARS = 64  # a judge looks into at most this much text the maskers hold (`StageStream._ahead`)
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -214,6 +215,16 @@ class StageStream:
         self.enforced = [index for index, (_, _, enforced) in enumerate(self.judges) if enforced]
         self.decided = [0] * len(self.judges)  # characters of the chain's output each judge has decided
         self.held, self.released = "", 0  # the chain's output not released yet; how much was
+        # Until the first text is out, the judges look into what the enforced maskers hold, when each can say what
+        # it holds and how its masks start (`RailStream.peek`, `pending`, `lead`): the word a masker holds is then
+        # no wait of the judges' own. That wait shows only in the time to the first text: after it, a word held
+        # one token longer moves every later word by the same token and the client sees the engine's rate, so
+        # the look (a few regex searches a piece) stops there.
+        chain = [stream for _, stream, enforced in reversed(self.maskers) if enforced]  # the latest text first
+        leads = {getattr(stream, "lead", None) for stream in chain}
+        self.chain = chain if chain and None not in leads and all(hasattr(s, "pending") for s in chain) else []
+        self.leads = tuple(leads)
+        self.peeks = [getattr(stream, "peek", None) for _, stream, _ in self.judges]
 
     def feed(self, text: str, final: bool = False) -> StageResult:
         result = StageResult("")
@@ -235,13 +246,38 @@ class StageStream:
                     self.held = held
                     return result
         cut = self.released + len(held)
+        ahead = None  # what the maskers hold, read once when a judge waits
         for index in self.enforced:
-            if decided[index] < cut:
-                cut = decided[index]
-        cut -= self.released
+            at = decided[index]
+            if at < cut and not self.released and self.chain and not final:
+                ahead = "".join(stream.pending for stream in self.chain) if ahead is None else ahead
+                at = self._ahead(self.peeks[index], ahead, at, cut) if ahead else at
+            if at < cut:
+                cut = at
+        cut = max(cut, self.released) - self.released  # (a look ahead may have released past a judge's frontier)
         result.content, self.held = held[:cut], held[cut:]
         self.released += cut
         return result
+
+    def _ahead(self, peek: Callable[[str], int | None] | None, pending: str, floor: int, bound: int) -> int:
+        """How far a judge at frontier `floor` is sure of the text, up to `bound`, whatever the maskers' `pending`
+        text becomes. What comes next is `pending` as it is, or the start of it to some point where a mask
+        begins (with one of `leads`), then anything: the judge's frontier on each of those beginnings (a frontier
+        only moves on as text is added, so a beginning stands for everything that follows it)."""
+        if peek is None or len(pending) > AHEAD_CHARS:
+            return floor
+        for k in range(len(pending)):
+            for lead in self.leads:
+                masked = peek(pending[:k] + lead)  # a mask starts at k
+                if masked is None or masked <= floor:
+                    return floor
+                bound = min(bound, masked)
+            plain = peek(pending[: k + 1])  # or the text goes on as it is: every later case begins so
+            if plain is None:
+                return floor
+            if plain >= bound:
+                return bound
+        return max(floor, min(bound, plain))
 
     def _note(self, configured: Configured, verdict: Verdict, result: StageResult) -> bool:
         if verdict.action == Action.ALLOW:

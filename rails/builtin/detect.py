@@ -386,9 +386,19 @@ class _DetectStream:
         self.found: list[tuple[int, int, int, str]] = []  # decided, unresolved: (start, -end, order, name)
         self.emitted = self.kept_end = 0
 
+    lead = "["  # what every mask it writes starts with
+
     @property
     def frontier(self) -> int:
         return self.scanner.frontier
+
+    @property
+    def pending(self) -> str:
+        """The text it was given and has not passed on yet."""
+        return self.scanner.slice(self.emitted, self.scanner.end)
+
+    def peek(self, text: str) -> int | None:
+        return None if self.found else self.scanner.peek(text)
 
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         scanner = self.scanner

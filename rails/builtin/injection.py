@@ -256,6 +256,18 @@ class _Reading:
     def hits(self) -> set[int]:
         return self.matched & self.gated
 
+    def peek(self, text: str) -> int | None:
+        """The `frontier` that feeding `text` (more to follow) would give, changing nothing; None when it would
+        decide a match, take out noise, or start the rot13 reading."""
+        added = self.normal.peek(text)
+        if added is None or _ROT13_GATE.search(self._recent(20) + added):
+            return None
+        lowered, written = self.lowered.peek(added), self.written.peek(fold(text))
+        if lowered is None or written is None:
+            return None
+        lowered = self.normal.origin_of(lowered)
+        return lowered if lowered < written else written
+
 
 def _in_word(char: str) -> bool:
     return char.isalnum() or char == "_"
@@ -278,6 +290,10 @@ class _ScoreStream:
     def frontier(self) -> int:
         plain = self.plain.frontier()
         return plain if self.rot13 is None else min(plain, self.rot13.frontier())
+
+    def peek(self, text: str) -> int | None:
+        """See `RailStream.peek`."""
+        return self.plain.peek(text) if self.rot13 is None else None
 
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         self.pending += text

@@ -81,6 +81,9 @@ class _DenyStream:
     def frontier(self) -> int:
         return self.scanner.frontier
 
+    def peek(self, text: str) -> int | None:
+        return self.scanner.peek(text)
+
     def feed(self, text: str, final: bool = False) -> tuple[str, Verdict]:
         found = self.scanner.feed(text, final)
         if found:

@@ -150,6 +150,19 @@ class NormalStream:
         out.append(self._plain(scanner.frontier))
         return "".join(out)
 
+    def peek(self, piece: str) -> str | None:
+        """What `feed(piece)` would add to the normal form (more text to follow) when it takes out no noise and
+        lowercasing keeps every length: the text from `done` on, lowered, position for position. Changes
+        nothing; None in the other cases."""
+        folded = fold(piece)
+        edge = self.scanner.peek(folded)
+        if edge is None:
+            return None
+        scanner = self.scanner
+        plain = (scanner.text + folded)[self.done - scanner.base : edge - scanner.base]
+        lowered = _lower(plain)
+        return lowered if len(lowered) == len(plain) else None
+
     def _plain(self, end: int) -> str:
         """The text from `done` to `end`, which holds no noise, lowered."""
         if end <= self.done:
@@ -172,12 +185,21 @@ class NormalStream:
 
     def origin(self, position: int) -> int:
         """The text's position that `position` of the normal form comes from; positions asked must not go back."""
+        at = self._seek(position)
+        if at > 256:  # drop the marks no query reaches any more
+            del self.marks[:at]
+            at = 0
+        self._at = at
+        normal_at, text_at = self.marks[at]
+        return text_at + position - normal_at
+
+    def origin_of(self, position: int) -> int:
+        """`origin(position)` without moving on: a look ahead that a later `origin` may pass behind."""
+        normal_at, text_at = self.marks[self._seek(position)]
+        return text_at + position - normal_at
+
+    def _seek(self, position: int) -> int:
         marks, at = self.marks, self._at
         while at + 1 < len(marks) and marks[at + 1][0] <= position:
             at += 1
-        if at > 256:  # drop the marks no query reaches any more
-            del marks[:at]
-            at = 0
-        self._at = at
-        normal_at, text_at = marks[at]
-        return text_at + position - normal_at
+        return at

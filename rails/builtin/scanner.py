@@ -159,6 +159,17 @@ class Scanner:
         """The character before `position`, or "" at the start of the text."""
         return self.text[position - self.base - 1] if position > 0 else ""
 
+    def peek(self, piece: str) -> int | None:
+        """The frontier `feed(piece)` would reach (more text to follow), changing nothing; None when that
+        would decide a match (or take more than the one joint search that answers the common case)."""
+        root, text, base = self._root, self.text + piece, self.base
+        if root is None or root.both is None:
+            return None if root is not None else base + len(text)
+        match = root.both.search(text, self.frontier - base)
+        if match is None:
+            return base + len(text)
+        return base + match.start() if match.lastindex else None
+
     def feed(self, piece: str, final: bool = False) -> list[tuple[int, int, int, str]]:
         """Add `piece`; the decided matches it made known, as (pattern index, start, end, text), absolute."""
         if not (piece or final):

