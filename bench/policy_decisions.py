@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.baseline import report  # noqa: E402
 from rails.tools.cel_runtime import CallState, RuleFailure, activation, bound, compile_condition, evaluate  # noqa: E402
 from rails.tools.config import load_tool_policy  # noqa: E402
 from rails.tools.decide import Decider, PastCall, SessionView, canonical  # noqa: E402
@@ -169,16 +170,8 @@ def naive(policy_text: str, view: SessionView):
 
 def baseline(revision: str, count: int) -> str:
     """Another revision's report, from its own code (so that the runtimes compare in one sitting)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, check=True, capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
-    with tempfile.TemporaryDirectory() as folder:
-        archive = subprocess.run(["git", "archive", commit, "rails", "bench/policy_decisions.py", "bench/results"],
-                                 cwd=ROOT, check=True, capture_output=True).stdout  # fmt: skip
-        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
-        script = Path(folder) / "bench" / "policy_decisions.py"
-        out = subprocess.run([sys.executable, str(script), "--calls", str(count)], cwd=folder, check=True,
-                             capture_output=True, text=True).stdout  # fmt: skip
-    return f"## Before: {commit}\n\n{out.strip()}\n"
+    commit, out = report(revision, "bench/policy_decisions.py", ["rails", "bench/results"], ["--calls", str(count)])
+    return f"## Before: {commit}\n\n{out}\n"
 
 
 def main(count: int, before: str | None) -> None:
