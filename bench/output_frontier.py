@@ -74,7 +74,8 @@ async def stream(pipeline: RailPipeline, pieces: list[str], windowed: bool) -> d
 
 async def main(chars: int, runs: int, baseline: str | None) -> None:
     if baseline:
-        commit, before = report(baseline, "bench/output_frontier.py", ["gateway", "rails", "policies"],
+        paths = ["gateway", "rails", "engines", "protocol", "policies", "bench/baseline.py"]
+        commit, before = report(baseline, "bench/output_frontier.py", paths,
                                 ["--chars", str(chars), "--runs", str(runs)])  # fmt: skip
         print(f"## Before: {commit}\n\n{before}\n\n## Now\n")
     _, rails = load_rails(ROOT / "policies" / "rails.yaml")

@@ -11,6 +11,9 @@ output tokens/s for both, and the ratio Sentrail/direct. Figures only: nothing h
 the others, so that the gateway's work never takes CPU from the engine: at saturation the engine's
 core is the bottleneck and the ratio of output tokens/s is the gateway's cost in throughput.
 
+`--baseline REV` adds a gateway running that git revision's code (its packages and shipped policies, extracted
+with git archive) in front of the same engine: before and after a change, in the same run.
+
 `--variants windowed no-output-rails` also starts one gateway per variant in front of the same engine
 (`kind: remote`), with a copy of `policies/` changed as named, and sends them the same load in the same
 rounds: `windowed` streams with the fixed-window output filter (`streaming.frontier: false`), the filter
@@ -33,6 +36,11 @@ from pathlib import Path
 
 import httpx
 import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.baseline import extract  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "SmolLM2-135M-Instruct"
@@ -122,8 +130,10 @@ def merge(runs: list[dict[str, float]]) -> dict[str, float]:
 VARIANTS = ("windowed", "no-output-rails")
 
 
-def start_gateway(port: int, engine_port: int, engine_cpus: str | None, variant: str = "") -> subprocess.Popen[bytes]:
-    """Sentrail with its managed engine; a variant fronts that engine (`kind: remote`) with changed policies."""
+def start_gateway(port: int, engine_port: int, engine_cpus: str | None, variant: str = "",
+                  code: Path = ROOT) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Sentrail with its managed engine; a variant fronts that engine (`kind: remote`) with changed policies, or
+    with the shipped policies and another revision's code (`code`: a folder with its packages)."""
     folder = Path(tempfile.mkdtemp())
     config = folder / "bench.yaml"
     pin = f", cpus: '{engine_cpus}'" if engine_cpus else ""
@@ -131,20 +141,20 @@ def start_gateway(port: int, engine_port: int, engine_cpus: str | None, variant:
     policies = ""
     if variant:
         engine = f"{{kind: remote, url: 'http://127.0.0.1:{engine_port}', max_concurrency: 64}}"
-        shutil.copytree(ROOT / "policies", folder / "policies")
+        shutil.copytree(code / "policies", folder / "policies")
         rails_file = folder / "policies" / "rails.yaml"
         rails = yaml.safe_load(rails_file.read_text())
         if variant == "windowed":
             rails.setdefault("streaming", {})["frontier"] = False
-        else:
+        elif variant == "no-output-rails":
             rails["stages"].pop("output", None)
         rails_file.write_text(yaml.safe_dump(rails, sort_keys=False))
         policies = f"policies_dir: {folder / 'policies'}\ndata_dir: {folder / 'data'}\n"
     config.write_text(f"port: {port}\nlog_level: warning\ndev_mode: true\n{policies}models:\n  - id: {MODEL}\n"
                       f"    engines:\n      - {engine}\n")  # fmt: skip
-    env = {**os.environ, "SENTRAIL_LOG_FORMAT": "json"}
+    env = {**os.environ, "SENTRAIL_LOG_FORMAT": "json", "PYTHONPATH": str(code)}
     command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(command, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 600) -> None:
@@ -183,6 +193,7 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true", help="engine on the last core, everything else on the rest")
     parser.add_argument("--variants", nargs="*", default=[], choices=VARIANTS, help="more gateways, same engine")
     parser.add_argument("--out", help="results file name under bench/results (default: overhead[_pinned].md)")
+    parser.add_argument("--baseline", help="also a gateway running this git revision's code (shipped policies)")
     args = parser.parse_args()
 
     cores = sorted(os.sched_getaffinity(0))
@@ -201,6 +212,12 @@ def main() -> None:
             ports.append(free_port())
             processes.append(start_gateway(ports[-1], engine_port, None, variant))
             wait_ready(f"http://127.0.0.1:{ports[-1]}/v1/health/ready", processes[-1])
+        if args.baseline:
+            code = Path(tempfile.mkdtemp())
+            commit = extract(args.baseline, ["gateway", "rails", "engines", "protocol", "policies"], code)
+            ports.append(free_port())
+            processes.append(start_gateway(ports[-1], engine_port, None, "baseline", code))
+            wait_ready(f"http://127.0.0.1:{ports[-1]}/v1/health/ready", processes[-1])
         urls = [f"http://127.0.0.1:{p}/v1/chat/completions" for p in [engine_port, *ports]]
         asyncio.run(run_load(urls[0], 4, 8, args.max_tokens))  # warm-up
         rows = []
@@ -215,6 +232,7 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=60)
     names = ["through Sentrail", *(f"Sentrail, {variant}" for variant in args.variants)]
+    names += [f"Sentrail at {commit}"] if args.baseline else []
     report = (
         f"Streaming chat, {args.requests} requests x {args.rounds} rounds per mode, max_tokens={args.max_tokens}, "
         f"temperature 0, model {MODEL} on vLLM CPU (eager); "

@@ -170,7 +170,8 @@ def naive(policy_text: str, view: SessionView):
 
 def baseline(revision: str, count: int) -> str:
     """Another revision's report, from its own code (so that the runtimes compare in one sitting)."""
-    commit, out = report(revision, "bench/policy_decisions.py", ["rails", "bench/results"], ["--calls", str(count)])
+    paths = ["rails", "bench/results", "bench/baseline.py"]
+    commit, out = report(revision, "bench/policy_decisions.py", paths, ["--calls", str(count)])
     return f"## Before: {commit}\n\n{out}\n"
 
 
