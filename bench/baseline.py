@@ -15,12 +15,7 @@ def extract(revision: str, paths: list[str], folder: Path) -> str:
     """Write `paths` of `revision` (those it has) into `folder` (git archive); return its short commit."""
     commit = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, check=True, capture_output=True,
                             text=True).stdout.strip()  # fmt: skip
-    present = [
-        p
-        for p in paths
-        if subprocess.run(["git", "cat-file", "-e", f"{commit}:{p}"], cwd=ROOT, stderr=subprocess.DEVNULL).returncode
-        == 0
-    ]
+    present = [path for path in paths if _has(commit, path)]
     archive = subprocess.run(["git", "archive", commit, *present], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return commit
@@ -33,3 +28,8 @@ def report(revision: str, script: str, paths: list[str], args: list[str]) -> tup
         out = subprocess.run([sys.executable, str(Path(folder) / script), *args], cwd=folder, check=True,
                              capture_output=True, text=True).stdout  # fmt: skip
     return commit, out.strip()
+
+
+def _has(commit: str, path: str) -> bool:
+    found = subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    return found.returncode == 0
