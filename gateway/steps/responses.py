@@ -271,9 +271,12 @@ class ResponseStore:
             raise ResponseNotFound(response_id, param)
         return msgspec.json.decode(raw, type=StoredResponse)
 
-    async def delete(self, tenant: str, response_id: str) -> None:
-        if not await self.redis.delete(self._key(tenant, response_id)):
+    async def deletion(self, tenant: str, response_id: str) -> list[list[str]]:
+        """The command that deletes the response, for the audit log to apply with the deletion's record."""
+        key = self._key(tenant, response_id)
+        if not await self.redis.exists(key):
             raise ResponseNotFound(response_id)
+        return [["DEL", key]]
 
 
 # ---- the event stream ----------------------------------------------------------------------------

@@ -70,15 +70,16 @@ def _anchor(tenant: str) -> str:
 
 
 # KEYS: head, stream. ARGV: the head the records were chained onto ("" for none), the new head, the
-# caller's write commands as one JSON array of string arrays, then the records. The caller's writes always
-# apply (once: a retry sends none); the records only onto the expected head. (The writes travel as one
-# JSON argument: the client packs 4 arguments instead of ~60, a third of the CPU of a step's commit.)
+# caller's write commands as one JSON array of string arrays, then the records. The writes apply with the
+# records, onto the expected head, or neither does (the caller chains again and resends both): a step's
+# session record, a deletion, never lands without its audit record. (The writes travel as one JSON
+# argument: the client packs 4 arguments instead of ~60, a third of the CPU of a step's commit.)
 _APPEND = (
     APPLY_WRITES
     + """
-apply_writes(cjson.decode(ARGV[3]))
 local head = redis.call('GET', KEYS[1]) or ''
 if head ~= ARGV[1] then return {0, head} end
+apply_writes(cjson.decode(ARGV[3]))
 for i = 4, #ARGV do redis.call('XADD', KEYS[2], '*', 'r', ARGV[i]) end
 redis.call('SET', KEYS[1], ARGV[2])
 return {1, ARGV[2]}
@@ -133,8 +134,8 @@ class AuditLog:
         self, tenant: str, events: Iterable[dict[str, Any]], writes: Sequence[Command] = ()
     ) -> list[dict[str, Any]]:
         """Chain `events` (each: `type` plus fields) onto the tenant's log, atomically; the sealed records.
-        `writes` are the caller's own Redis commands, applied in the same script call (one round trip,
-        one command, for a step's session record and its audit records); once, even if the chain retries.
+        `writes` are the caller's own Redis commands, applied in the script call that appends the records
+        (one round trip, one command, for a step's session record and its audit records): both or neither.
 
         Group commit: one writer per tenant chains whatever appends arrived while its last transaction
         was in flight and writes them in one transaction, so concurrent requests in one replica never
@@ -202,7 +203,6 @@ class AuditLog:
             new_head = (Head.sealed(keyring, tenant, seq, prev) if kid else Head(seq, prev)).encode()
             lines = [canonical(record) for records in sealed for record in records]
             done, head = await self._append(keys, [head, new_head, writes, *lines])
-            writes = b"[]"
             if done:
                 break
         self._heads[tenant] = new_head

@@ -372,14 +372,15 @@ class SessionStore:
             await self.redis.zrem(_index(tenant), *expired)
         return [_summary(state) for state in states if state is not None]
 
-    async def delete(self, tenant: str, session_id: str) -> bool:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*_keys(tenant, session_id), _prov_key(tenant, session_id), _texts_key(tenant, session_id),
-                        _seen_key(tenant, session_id), _masked_key(tenant, session_id),
-                        approved_key(tenant, session_id))  # fmt: skip
-            pipe.zrem(_index(tenant), session_id)
-            deleted, _ = await pipe.execute()
-        return deleted > 0
+    async def deletion(self, tenant: str, session_id: str) -> list[list[str]] | None:
+        """The commands that delete the session, for the audit log to apply in the script call that records
+        the deletion (both or neither); None when the tenant has no such session."""
+        keys = [*_keys(tenant, session_id), _prov_key(tenant, session_id), _texts_key(tenant, session_id),
+                _seen_key(tenant, session_id), _masked_key(tenant, session_id),
+                approved_key(tenant, session_id)]  # fmt: skip
+        if not await self.redis.exists(*keys):
+            return None
+        return [["DEL", *keys], ["ZREM", _index(tenant), session_id]]
 
 
 def _queue_load(pipe: Any, tenant: str, session_id: str) -> None:

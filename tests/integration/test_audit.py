@@ -105,8 +105,8 @@ async def test_concurrent_writers_extend_one_chain(redis_server):
 
 
 async def test_writes_sharing_the_transaction_apply_once_when_the_chain_retries(redis_server):
-    """A's cached head is stale (B appended since): A's first transaction writes the caller's writes but
-    not the records; the retry writes only the records."""
+    """A's cached head is stale (B appended since): A's first transaction writes nothing, neither the caller's
+    writes nor the records; the retry writes both, once."""
     a_client, b_client = (aioredis.Redis.from_url(redis_server.url) for _ in range(2))
     a, b = AuditLog(a_client), AuditLog(b_client)
     await a.append("shared", [{"type": "e", "by": "a"}])

@@ -4,10 +4,13 @@ the review data needs `auditor`; `admin` holds every role; models are listed for
 the role gets 403 `permission_denied` in the OpenAI error shape; one with it gets past the check (2xx,
 or the 4xx its request earns). Deleting a session or a stored response is an audit record."""
 
+import secrets
+
 import pytest
 from redis.asyncio import Redis
 
 from gateway.stores.audit import AuditLog
+from gateway.stores.audit_seal import Keyring, read_keys
 
 from .conftest import MODEL
 
@@ -117,3 +120,22 @@ async def test_an_auditor_deletes_nothing_and_an_agents_deletions_are_audited(ma
     for record in deleted:
         assert record["key_id"] == agent_record.key_id and record["tenant"] == "acme"
         assert record["ts"] >= started and record["request_id"]
+
+
+async def test_a_deletion_that_cannot_be_recorded_deletes_nothing(make_client, keys, tmp_path):
+    """The deletion travels in the script call that appends its record: when the record cannot be written (here,
+    a chain sealed with a key this gateway lacks), the session and the response are still there."""
+    agent, _ = await keys.create("acme")
+    async with make_client(dev_mode=False) as client:
+        created = await client.post("/v1/responses", json={"model": MODEL, "input": "hi"}, headers=bearer(agent))
+        response_id, session_id = created.json()["id"], created.headers["x-session-id"]
+        secret = tmp_path / "other.key"
+        secret.write_text(secrets.token_hex(32) + "\n")
+        await AuditLog(keys.redis, keyring=Keyring.from_secrets(read_keys(secret))).append("acme", [{"type": "e"}])
+
+        refused = await client.delete(f"/v1/sessions/{session_id}", headers=bearer(agent))
+        assert refused.status_code >= 500 and refused.json()["error"]["message"]
+        refused = await client.delete(f"/v1/responses/{response_id}", headers=bearer(agent))
+        assert refused.status_code >= 500 and refused.json()["error"]["message"]
+        assert (await client.get(f"/v1/sessions/{session_id}", headers=bearer(agent))).status_code == 200
+        assert (await client.get(f"/v1/responses/{response_id}", headers=bearer(agent))).status_code == 200

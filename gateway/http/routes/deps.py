@@ -29,8 +29,9 @@ async def authenticate(request: Request, roles: tuple[str, ...] = AGENT) -> KeyR
     return key
 
 
-async def audit_deletion(request: Request, key: KeyRecord, what: str, **ids: str) -> None:
-    """`<what>_deleted` on the tenant's audit chain: who (key id), which (`ids`), when (the record's `ts`)."""
+async def audit_deletion(request: Request, key: KeyRecord, what: str, writes: list[list[str]], **ids: str) -> None:
+    """Delete (`writes`, the store's commands) and record `<what>_deleted` on the tenant's audit chain, in one
+    script call: who (key id), which (`ids`), when (the record's `ts`). Both happen or neither does."""
     request_id = request.scope["sentrail_request_id"]  # type: ignore[typeddict-item]
     event = {"type": f"{what}_deleted", **ids, "key_id": key.key_id, "request_id": request_id}
-    await request.app.state.audit.append(key.tenant, [event])
+    await request.app.state.audit.append(key.tenant, [event], writes)

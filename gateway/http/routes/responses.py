@@ -53,6 +53,6 @@ async def get_response(request: Request, response_id: str) -> dict[str, Any]:
 @delete("/v1/responses/{response_id:str}", status_code=200)
 async def delete_response(request: Request, response_id: str) -> dict[str, Any]:
     key = await authenticate(request)
-    await request.app.state.responses.delete(key.tenant, response_id)
-    await audit_deletion(request, key, "response", response_id=response_id)
+    writes = await request.app.state.responses.deletion(key.tenant, response_id)
+    await audit_deletion(request, key, "response", writes, response_id=response_id)
     return {"id": response_id, "object": "response", "deleted": True}

@@ -35,7 +35,8 @@ async def get_session(request: Request, session_id: str) -> dict[str, Any]:
 @delete("/v1/sessions/{session_id:str}", status_code=200)
 async def delete_session(request: Request, session_id: str) -> dict[str, Any]:
     key = await authenticate(request)
-    if not await request.app.state.sessions.delete(key.tenant, _checked(session_id)):
+    writes = await request.app.state.sessions.deletion(key.tenant, _checked(session_id))
+    if writes is None:
         raise SessionNotFound(session_id)
-    await audit_deletion(request, key, "session", session_id=session_id)
+    await audit_deletion(request, key, "session", writes, session_id=session_id)
     return {"id": session_id, "object": "session.deleted", "deleted": True}
