@@ -21,10 +21,11 @@ import jsonschema
 import msgspec
 
 from .cel_runtime import CallState, RuleFailure, activation, bound, evaluate, evaluate_all
-from .config import ToolPolicy, ToolRules
+from .config import CompiledRule, ToolPolicy, ToolRules
 from .provenance import ProvenanceView
 
 STRENGTH = {"allow": 0, "require_approval": 1, "deny": 2}
+Outcome = tuple[CompiledRule, bool, str, str]  # a rule, whether it matched, its action, why it failed or ""
 
 
 class ToolDecision(msgspec.Struct, omit_defaults=True):
@@ -158,13 +159,15 @@ class Decider:
 
         winner: ToolDecision | None = None
         shadow: list[dict[str, str]] = []
-        for result in self.evaluate(call_id, tool, args, view):
-            if not result.matched:
+        for compiled, matched, action, failed in self._outcomes(call_id, tool, args, view):
+            if not matched:
                 continue
-            if result.shadow:
-                shadow.append({"rule": result.rule, "action": result.action, "reason": result.reason})
-            elif winner is None or STRENGTH[result.action] > STRENGTH[winner.action]:
-                winner = ToolDecision(call_id, tool, result.action, result.reason, result.rule)
+            rule = compiled.rule
+            reason = failed or rule.reason or f"rule {rule.name}"
+            if rule.shadow:
+                shadow.append({"rule": rule.name, "action": action, "reason": reason})
+            elif winner is None or STRENGTH[action] > STRENGTH[winner.action]:
+                winner = ToolDecision(call_id, tool, action, reason, rule.name)
         if winner is None:
             default = self.policy.file.default
             winner = ToolDecision(call_id, tool, default, f"no rule matched; default {default}")
@@ -172,32 +175,41 @@ class Decider:
         return winner
 
     def evaluate(self, call_id: str, tool: str, args: Any, view: SessionView) -> list[RuleResult]:
-        """Every rule for the tool, in file order, with whether it matched (for `decide` and `explain`)."""
+        """Every rule for the tool, in file order, with whether it matched (what `explain` shows)."""
+        return [RuleResult(c.rule.name, matched, action, failed or c.rule.reason or f"rule {c.rule.name}",
+                           c.rule.shadow, c.rule.when)
+                for c, matched, action, failed in self._outcomes(call_id, tool, args, view)]  # fmt: skip
+
+    def _outcomes(self, call_id: str, tool: str, args: Any, view: SessionView) -> list[Outcome]:
+        """(rule, matched, action, why it could not be evaluated or "") of every rule for the tool, in file
+        order (tuples: a decision reads only the matched ones)."""
         rules = self.policy.rules_for(tool)
         context = None
-        results = []
+        outcomes: list[Outcome] = []
         with bound(CallState(view.tool_counts, view.provenance)):
             values = iter(())  # every condition's value from one evaluation, when none of them failed
             if rules.program is not None:
                 context = _context(call_id, tool, args, view, self.policy, rules)
-                values = iter(evaluate_all(rules.program, context) or ())
+                every = evaluate_all(rules.program, context) or []
+                if len(every) == len(rules.rules):  # each rule has a condition and none failed (most calls)
+                    return [(c, value is True, c.rule.action, "") for c, value in zip(rules.rules, every, strict=True)]
+                values = iter(every)
             for compiled in rules.rules:
                 rule = compiled.rule
-                matched, action, reason = True, rule.action, rule.reason or f"rule {rule.name}"
-                if compiled.program is not None:
-                    if (value := next(values, None)) is not None:
-                        matched = value is True
-                        results.append(RuleResult(rule.name, matched, action, reason, rule.shadow, rule.when))
-                        continue
-                    if context is None:
-                        context = _context(call_id, tool, args, view, self.policy, rules)
-                    try:
-                        matched = evaluate(compiled.program, context)
-                    except RuleFailure as exc:
-                        matched, action = True, "deny"
-                        reason = f"rule {rule.name} could not be evaluated: {failure(exc, rule.when or '', args)}"
-                results.append(RuleResult(rule.name, matched, action, reason, rule.shadow, rule.when))
-        return results
+                if compiled.program is None:
+                    outcomes.append((compiled, True, rule.action, ""))
+                    continue
+                if (value := next(values, None)) is not None:
+                    outcomes.append((compiled, value is True, rule.action, ""))
+                    continue
+                if context is None:
+                    context = _context(call_id, tool, args, view, self.policy, rules)
+                try:
+                    outcomes.append((compiled, evaluate(compiled.program, context), rule.action, ""))
+                except RuleFailure as exc:
+                    why = f"rule {rule.name} could not be evaluated: {failure(exc, rule.when or '', args)}"
+                    outcomes.append((compiled, True, "deny", why))
+        return outcomes
 
 
 def _context(call_id: str, tool: str, args: Any, view: SessionView, policy: ToolPolicy, rules: ToolRules) -> Any:

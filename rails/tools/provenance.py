@@ -23,6 +23,7 @@ up, or computed it: dates, sums).
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -104,35 +105,53 @@ class Texts:
         self.lines: list[tuple[Origin, str]] = lines or []  # (origin, " w1 w2 ... ")
         self._hay: str | None = None
         self._starts: list[int] = []
-        self._words: set[str] = set()
+        self._first: dict[str, int] = {}  # word -> the first line holding it
+        self._last: dict[str, int] = {}  # word -> the last line holding it
 
     def add(self, origin: Origin, normal: list[str]) -> None:
         self.lines.append((origin, " " + " ".join(normal)[:MAX_TEXT_CHARS] + " "))
         self._hay = None
 
+    def _build(self) -> str:
+        self._starts, offset = [], 0
+        for _, text in self.lines:
+            self._starts.append(offset)
+            offset += len(text) + 1
+        self._starts.append(offset)  # where a line after the last would start: the end of the hay
+        per_line = [text.split() for _, text in self.lines]
+        tokens = list(itertools.chain.from_iterable(per_line))
+        line_of = list(itertools.chain.from_iterable(itertools.repeat(i, len(w)) for i, w in enumerate(per_line)))
+        self._last = dict(zip(tokens, line_of, strict=True))
+        self._first = dict(zip(reversed(tokens), reversed(line_of), strict=True))
+        self._hay = "\n".join(text for _, text in self.lines) + "\n"
+        return self._hay
+
     def find(self, phrase: str, whole: bool) -> list[Origin]:
         """Origins of the texts holding `phrase` as whole words (`whole`: as the entire text)."""
         if not self.lines:
             return []
-        if self._hay is None:
-            self._starts, offset = [], 0
-            for _, text in self.lines:
-                self._starts.append(offset)
-                offset += len(text) + 1
-            self._hay = "\n".join(text for _, text in self.lines) + "\n"
-            self._words = set(self._hay.split())
-        if any(word not in self._words for word in phrase.split(" ")):
-            return []  # most values are in no prompt: no search
+        hay = self._hay if self._hay is not None else self._build()
+        # A phrase lies within one line, and that line holds each of its words: only the lines between the
+        # last first line and the first last line of its words are searched (most values are in no prompt).
+        low, high = 0, len(self.lines) - 1
+        for word in phrase.split(" "):
+            first = self._first.get(word)
+            if first is None:
+                return []
+            low, high = max(low, first), min(high, self._last[word])
+        if low > high:
+            return []
         needle = f" {phrase} \n" if whole else f" {phrase} "
         found: list[Origin] = []
-        at = self._hay.find(needle)
+        end = self._starts[high + 1]
+        at = hay.find(needle, self._starts[low], end)
         while at >= 0 and len(found) < ORIGINS_PER_KEY:
             line = bisect.bisect_right(self._starts, at) - 1
             if not whole or at == self._starts[line]:
                 origin = self.lines[line][0]
                 if origin not in found:
                     found.append(origin)
-            at = self._hay.find(needle, at + 1)
+            at = hay.find(needle, at + 1, end)
         return found
 
 
@@ -284,6 +303,8 @@ def field_shape(path: str) -> str:
 
 # --- lookups for rules ----------------------------------------------------------------------------------
 
+_UNKNOWN: Any = object()  # a leaf not traced yet
+
 
 class ProvenanceView:
     """Where values came from, as rules ask it: a slice of the session's index (the keys of this step's
@@ -308,8 +329,9 @@ class ProvenanceView:
     def leaf_origins(self, leaf: Any) -> list[Origin] | None:
         """The origins of one scalar; None for what has no identity to trace (booleans, null, blanks)."""
         memo = (leaf.__class__, leaf)
-        if memo in self._leaves:
-            return self._leaves[memo]
+        known = self._leaves.get(memo, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known
         keys = value_keys(leaf)
         found: list[Origin] | None = None
         if keys:
@@ -321,6 +343,8 @@ class ProvenanceView:
         return found
 
     def origins(self, value: Any) -> list[Origin]:
+        if not isinstance(value, dict | list | tuple):  # one scalar (most arguments rules ask about)
+            return list(self.leaf_origins(value) or ())
         found: list[Origin] = []
         for leaf in leaves(value):
             found.extend(o for o in self.leaf_origins(leaf) or () if o not in found)
@@ -330,6 +354,9 @@ class ProvenanceView:
         return origin.source in PROMPT or (origin.source == "tool" and not self.untrusted.intersection(origin.labels))
 
     def _every(self, value: Any, test: Callable[[Origin], bool]) -> bool:
+        if not isinstance(value, dict | list | tuple):
+            origins = self.leaf_origins(value)
+            return origins is None or any(test(o) for o in origins)
         per_leaf = (self.leaf_origins(leaf) for leaf in leaves(value))
         return all(any(test(o) for o in origins) for origins in per_leaf if origins is not None)
 

@@ -7,7 +7,7 @@ import calendar
 import functools
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 MAX_PHRASE = 6  # a value of up to this many words may match a phrase inside a text
@@ -15,6 +15,7 @@ MAX_WHOLE = 512  # characters: a longer text or field is not indexed as a whole 
 _EDGE = "\"'`.,;:!?()[]{}<>*_~|$€£«»\u201c\u201d\u2018\u2019"
 _WORD = re.compile(r"\S+")
 _LEADING_ZERO = re.compile(r"^[+-]?0\d")  # "0044", "007": an identifier, not a number
+_NUMBER_START = frozenset("+-0123456789")  # what a match of _NUMBER starts with
 _NUMBER = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$|^[+-]?\d+(?:\.\d+)?$")
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -31,7 +32,8 @@ _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name
     name.lower(): i for i, name in enumerate(calendar.month_abbr) if name
 }
 _MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
-_MONTH_PREFIXES = tuple(name.lower() for name in calendar.month_abbr if name)  # every month name starts so
+_ASCII_FOLD = str.maketrans("İıſK", "iisk")  # the letters that IGNORECASE matches to an ASCII one ("aprıl")
+_MONTH_PREFIX = re.compile("|".join(name.lower() for name in calendar.month_abbr if name))  # every month name starts so
 _DATE_ISO = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 _DATE_MDY = re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.IGNORECASE)
 _DATE_DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})\.?,?\s+(\d{{4}})\b", re.IGNORECASE)
@@ -39,17 +41,17 @@ SINK_KINDS = ("url", "email", "iban", "tel")
 _DIGIT = re.compile(r"\d")
 _YEAR = re.compile(r"\d{4}")  # every date form has one
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-_NO_DIGITS = str.maketrans("", "", "0123456789")
 
 
 def words(text: str) -> list[str]:
     """Casefolded NFKC words with edge punctuation removed; numbers lose thousands separators."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()  # NFKC: ASCII as is
     out = []
     for raw in _WORD.findall(text):
         word = raw.strip(_EDGE)
         if word:
-            out.append(_number(word) if _NUMBER.match(word) and not _LEADING_ZERO.match(word) else word)
+            numeric = word[0] in _NUMBER_START and _NUMBER.match(word) and not _LEADING_ZERO.match(word)
+            out.append(_number(word) if numeric else word)
     return out
 
 
@@ -69,53 +71,53 @@ def _url_form(url: str) -> str:
 def entities(text: str) -> tuple[tuple[str, str, str], ...]:
     """(kind, normal form, text as written) of each sink value and date in `text`."""
     if len(text) > 256:
-        return tuple(_scan(text))
+        return _scan(text)
     return _short_entities(text)
 
 
-@functools.lru_cache(maxsize=8192)  # argument values are scanned by several rules and by the key lookup
+@functools.lru_cache(maxsize=8192)  # a tool result repeats values (senders, subjects) from step to step
 def _short_entities(text: str) -> tuple[tuple[str, str, str], ...]:
-    return tuple(_scan(text))
+    return _scan(text)
 
 
-def _scan(text: str) -> Iterator[tuple[str, str, str]]:
-    # Each kind is searched only where it can be (a dot, an @, enough digits): most values hold none.
-    digits = len(text) - len(text.translate(_NO_DIGITS))
+def _scan(text: str) -> tuple[tuple[str, str, str], ...]:
+    # Each kind is searched only where it can be (a dot, an @, an upper-case letter, enough digits): most
+    # values hold none.
+    raw = text.encode("utf-8", "surrogatepass")  # an ASCII digit is one byte of its own in UTF-8
+    digits = len(raw) - len(raw.translate(None, b"0123456789"))
     if "." not in text and not digits:
-        return  # no URL, address, IBAN, phone number or date can be in it
+        return ()  # no URL, address, IBAN, phone number or date can be in it
+    found: list[tuple[str, str, str]] = []
     emails = list(_EMAIL.finditer(text)) if "@" in text else []
-    for found in emails:
-        yield "email", found.group(0).lower(), found.group(0)
-    if "." in text:
-        for found in _URL.finditer(text):
-            if any(e.start() <= found.start() < e.end() for e in emails):
+    for email in emails:
+        found.append(("email", email.group(0).lower(), email.group(0)))
+    # A URL is not taken where an address starts it; none can start outside an address that is the whole text.
+    if "." in text and not (emails and emails[0].span() == (0, len(text))):
+        for url in _URL.finditer(text):
+            if any(e.start() <= url.start() < e.end() for e in emails):
                 continue
-            yield "url", _url_form(found.group(0)), found.group(0).rstrip(".,;:!?'\"")
-    if digits >= 2:
-        for found in _IBAN.finditer(text):
-            yield "iban", re.sub(r"\s", "", found.group(0)), found.group(0)
+            found.append(("url", _url_form(url.group(0)), url.group(0).rstrip(".,;:!?'\"")))
+    if digits >= 2 and not text.islower():  # an IBAN starts with two upper-case letters
+        for iban in _IBAN.finditer(text):
+            found.append(("iban", re.sub(r"\s", "", iban.group(0)), iban.group(0)))
     if digits >= 8:
-        for found in _PHONE.finditer(text):
-            number = re.sub(r"\D", "", found.group(0))
-            clock = text.startswith(":", found.end()) and text[found.end() + 1 : found.end() + 2].isdigit()
-            if 8 <= len(number) <= 15 and not _DATE_ISO.search(found.group(0)) and not clock:
-                yield "tel", number, found.group(0)  # not a date, nor a date and an hour ("2024-05-18 08:00")
+        for phone in _PHONE.finditer(text):
+            number = re.sub(r"\D", "", phone.group(0))
+            clock = text.startswith(":", phone.end()) and text[phone.end() + 1 : phone.end() + 2].isdigit()
+            if 8 <= len(number) <= 15 and not _DATE_ISO.search(phone.group(0)) and not clock:
+                found.append(("tel", number, phone.group(0)))  # not a date, nor a date and an hour ("2024-05-18 08:00")
     if digits >= 4 and _YEAR.search(text):
-        for iso in _dates(text):
-            yield "date", iso, iso
+        found.extend(("date", iso, iso) for iso in _dates(text))
+    return tuple(found)
 
 
-def _dates(text: str) -> Iterator[str]:
-    if "-" in text:
-        for year, month, day in _DATE_ISO.findall(text):
-            yield _iso(int(year), int(month), int(day))
-    lowered = text.lower()
-    if not any(prefix in lowered for prefix in _MONTH_PREFIXES):
-        return  # no month name: the two written forms cannot match (most 4-digit runs are not years)
-    for month, day, year in _DATE_MDY.findall(text):
-        yield _iso(int(year), _MONTHS[month.lower()], int(day))
-    for day, month, year in _DATE_DMY.findall(text):
-        yield _iso(int(year), _MONTHS[month.lower()], int(day))
+def _dates(text: str) -> list[str]:
+    found = [_iso(int(y), int(m), int(d)) for y, m, d in _DATE_ISO.findall(text)] if "-" in text else []
+    if not _MONTH_PREFIX.search(text.lower()):
+        return found  # no month name: the two written forms cannot match (most 4-digit runs are not years)
+    found += [_iso(int(year), _MONTHS[month.translate(_ASCII_FOLD).lower()], int(day)) for month, day, year in _DATE_MDY.findall(text)]
+    found += [_iso(int(year), _MONTHS[month.translate(_ASCII_FOLD).lower()], int(day)) for day, month, year in _DATE_DMY.findall(text)]
+    return found
 
 
 def _iso(year: int, month: int, day: int) -> str:
@@ -130,20 +132,7 @@ def value_keys(value: Any) -> list[str]:
         return [f"v:{_number(repr(value))}"] if abs(value) < 1e18 else []
     if not isinstance(value, str):
         return []
-    return list(_string_keys(value))
-
-
-@functools.lru_cache(maxsize=4096)  # rules ask about the same argument values again and again
-def _string_keys(value: str) -> tuple[str, ...]:
-    keys = []
-    normal = words(value)
-    if normal and (len(normal) <= MAX_PHRASE or len(value) <= MAX_WHOLE):
-        keys.append("v:" + " ".join(normal))
-    stripped = value.strip()
-    for kind, form, written in entities(stripped):
-        if written.strip() == stripped or kind == "date":
-            keys.append(f"{kind}:{form}")
-    return tuple(keys)
+    return list(_text(value)[0])
 
 
 def sinks(value: Any) -> list[str]:
@@ -151,24 +140,51 @@ def sinks(value: Any) -> list[str]:
     found: list[str] = []
     for leaf in leaves(value):
         if isinstance(leaf, str):
-            found.extend(_string_sinks(leaf))
+            found.extend(_text(leaf)[2])
     return found
 
 
-@functools.lru_cache(maxsize=4096)
-def _string_sinks(text: str) -> tuple[str, ...]:
-    return tuple(written for kind, _, written in entities(text) if kind in SINK_KINDS)
+@functools.lru_cache(maxsize=8192)  # the key lookup, then the rules, ask about the same argument values
+def _text(value: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """A text value's keys; those and the keys of each sink inside it (what a lookup reads for a leaf);
+    its sinks as written. A sink's keys are its own normal form, found by the value's scan, and its words:
+    scanning the sink's text again finds nothing more that a lookup uses (a date inside a URL is a date of
+    the value too)."""
+    normal = words(value)
+    keys = ["v:" + " ".join(normal)] if normal and (len(normal) <= MAX_PHRASE or len(value) <= MAX_WHOLE) else []
+    stripped = value.strip()
+    found = _scan(stripped)  # not through `entities`' cache: this one holds the result
+    for kind, form, written in found:
+        if written.strip() == stripped or kind == "date":
+            keys.append(f"{kind}:{form}")
+    leaf, written_sinks = list(keys), []
+    for kind, form, written in found if stripped == value else _scan(value):
+        if kind in SINK_KINDS:
+            written_sinks.append(written)
+            leaf.append(f"{kind}:{form}")
+            if written == value:
+                continue  # the value is this sink: its words are the value's, keyed above
+            sink_words = words(written)
+            if sink_words and (len(sink_words) <= MAX_PHRASE or len(written) <= MAX_WHOLE):
+                leaf.append("v:" + " ".join(sink_words))
+    return tuple(keys), tuple(leaf), tuple(written_sinks)
 
 
-def leaves(value: Any) -> Iterator[Any]:
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from leaves(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from leaves(item)
-    else:
-        yield value
+def leaves(value: Any) -> list[Any]:
+    """The scalars of a value, depth first in order (a scalar is its own one leaf)."""
+    if not isinstance(value, dict | list | tuple):
+        return [value]
+    found: list[Any] = []
+    _collect(value, found)
+    return found
+
+
+def _collect(value: dict[Any, Any] | list[Any] | tuple[Any, ...], found: list[Any]) -> None:
+    for item in value.values() if isinstance(value, dict) else value:
+        if isinstance(item, dict | list | tuple):
+            _collect(item, found)
+        else:
+            found.append(item)
 
 
 def lookup_keys(args: Any, words_asked: Iterable[str] = ()) -> set[str]:
@@ -177,24 +193,9 @@ def lookup_keys(args: Any, words_asked: Iterable[str] = ()) -> set[str]:
     keys: set[str] = set()
     for leaf in leaves(args):
         if isinstance(leaf, str):
-            keys.update(_leaf_keys(leaf))
+            keys.update(_text(leaf)[1])
         else:
             keys.update(value_keys(leaf))
     for word in words_asked:
         keys.update(value_keys(word))
     return keys
-
-
-@functools.lru_cache(maxsize=4096)
-def _leaf_keys(text: str) -> tuple[str, ...]:
-    """A text leaf's keys and those of each sink value inside it. A sink's keys are its own normal form,
-    found by the leaf's scan, and its words: scanning the sink's text again finds nothing more that a
-    lookup uses (a date inside a URL is a date of the leaf too)."""
-    keys = list(_string_keys(text))
-    for kind, form, written in entities(text):
-        if kind in SINK_KINDS:
-            keys.append(f"{kind}:{form}")
-            normal = words(written)
-            if normal and (len(normal) <= MAX_PHRASE or len(written) <= MAX_WHOLE):
-                keys.append("v:" + " ".join(normal))
-    return tuple(keys)
