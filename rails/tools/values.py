@@ -32,7 +32,8 @@ _MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name
     name.lower(): i for i, name in enumerate(calendar.month_abbr) if name
 }
 _MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
-_ASCII_FOLD = str.maketrans("İıſK", "iisk")  # the letters that IGNORECASE matches to an ASCII one ("aprıl")
+# the letters IGNORECASE matches to an ASCII one (I with a dot, dotless i, long s, Kelvin sign): "apr\u0131l"
+_ASCII_FOLD = str.maketrans("\u0130\u0131\u017f\u212a", "iisk")
 _MONTH_PREFIX = re.compile("|".join(name.lower() for name in calendar.month_abbr if name))  # every month name starts so
 _DATE_ISO = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 _DATE_MDY = re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.IGNORECASE)
@@ -115,9 +116,13 @@ def _dates(text: str) -> list[str]:
     found = [_iso(int(y), int(m), int(d)) for y, m, d in _DATE_ISO.findall(text)] if "-" in text else []
     if not _MONTH_PREFIX.search(text.lower()):
         return found  # no month name: the two written forms cannot match (most 4-digit runs are not years)
-    found += [_iso(int(year), _MONTHS[month.translate(_ASCII_FOLD).lower()], int(day)) for month, day, year in _DATE_MDY.findall(text)]
-    found += [_iso(int(year), _MONTHS[month.translate(_ASCII_FOLD).lower()], int(day)) for day, month, year in _DATE_DMY.findall(text)]
+    found += [_iso(int(year), _month(month), int(day)) for month, day, year in _DATE_MDY.findall(text)]
+    found += [_iso(int(year), _month(month), int(day)) for day, month, year in _DATE_DMY.findall(text)]
     return found
+
+
+def _month(name: str) -> int:
+    return _MONTHS[name.translate(_ASCII_FOLD).lower()]
 
 
 def _iso(year: int, month: int, day: int) -> str:

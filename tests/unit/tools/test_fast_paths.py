@@ -18,8 +18,11 @@ from rails.tools.values import _EMAIL, _IBAN, _URL, _scan, entities, leaves, loo
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
 _VALUES = st.recursive(
     _SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.lists(inner, max_size=3).map(tuple),
-                            st.dictionaries(st.text(max_size=4), inner, max_size=4)),  # fmt: skip
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    ),
     max_leaves=24,
 )
 
@@ -53,10 +56,14 @@ def _found_line_by_line(texts: Texts, phrase: str, whole: bool) -> list[Origin]:
     return found
 
 
+_LINES = st.tuples(
+    st.sampled_from(["user", "system"]), st.integers(0, 4), st.lists(st.sampled_from(_WORDS), min_size=1, max_size=8)
+)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.tuples(st.sampled_from(["user", "system"]), st.integers(0, 4),
-                       st.lists(st.sampled_from(_WORDS), min_size=1, max_size=8)), max_size=14),  # fmt: skip
+    st.lists(_LINES, max_size=14),
     st.lists(st.tuples(st.lists(st.sampled_from(_WORDS), min_size=1, max_size=3), st.booleans()), max_size=12),
 )
 def test_a_phrase_search_finds_what_reading_every_line_finds(lines, phrases):
@@ -71,8 +78,8 @@ def test_a_phrase_search_finds_what_reading_every_line_finds(lines, phrases):
 _PIECES = st.sampled_from([
     "https://Example.com/a/2024-05-01/x", "www.shop.io/p?id=42", "Bob.Smith@Example.COM", "a@b.co", "http://a@b.com/x",
     "DE89 3704 0044 0532 0130 00", "GB29NWBK60161331926819", "+44 20 7946 0958", "555.123.4567", "March 5th, 2024",
-    "2024-03-05 08:00", "u1234@example.com", "/tmp/1234", "a.com@b.org", "x@y.com.", "see", "42", "İ", "ſep", "é",
-    "١٢٣", "\n", " ", "(", ")", ".", "@", "-",
+    "2024-03-05 08:00", "u1234@example.com", "/tmp/1234", "a.com@b.org", "x@y.com.", "see", "42", "\u0130",
+    "\u017fep", "é", "\u0661\u0662", "\n", " ", "(", ")", ".", "@", "-",
 ])  # fmt: skip
 _TEXTS = st.one_of(st.lists(_PIECES, min_size=1, max_size=8).map("".join),
                    st.lists(_PIECES, min_size=1, max_size=8).map(" ".join), st.text(max_size=40))  # fmt: skip
@@ -108,11 +115,11 @@ def test_one_analysis_serves_the_lookup_and_the_rules(text):
 
 
 def test_dates_with_letters_that_match_a_month_name_in_any_case_do_not_fail():
-    """`re.IGNORECASE` matches "ı", "İ", "ſ" and the Kelvin sign to ASCII letters: such a month name reads as
-    the month it spells (it raised KeyError, which failed the indexing of the whole text)."""
-    assert ("date", "2024-04-05", "2024-04-05") in entities("aprıl 5, 2024 (dec)")
-    assert ("date", "2024-09-05", "2024-09-05") in entities("ſeptember 5, 2024 or jan")
-    assert ("date", "2024-04-05", "2024-04-05") in entities("APRİL 5, 2024 may")
+    """`re.IGNORECASE` matches a dotless i, an I with a dot, a long s and the Kelvin sign to ASCII letters: such
+    a month name reads as the month it spells (it raised KeyError, which failed the indexing of the whole text)."""
+    assert ("date", "2024-04-05", "2024-04-05") in entities("apr\u0131l 5, 2024 (dec)")
+    assert ("date", "2024-09-05", "2024-09-05") in entities("\u017feptember 5, 2024 or jan")
+    assert ("date", "2024-04-05", "2024-04-05") in entities("APR\u0130L 5, 2024 may")
 
 
 def _policy(tmp_path: Path, *rules: str, default: str = "deny"):
