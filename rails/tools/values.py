@@ -84,8 +84,7 @@ def _short_entities(text: str) -> tuple[tuple[str, str, str], ...]:
 def _scan(text: str) -> tuple[tuple[str, str, str], ...]:
     # Each kind is searched only where it can be (a dot, an @, an upper-case letter, enough digits): most
     # values hold none.
-    raw = text.encode("utf-8", "surrogatepass")  # an ASCII digit is one byte of its own in UTF-8
-    digits = len(raw) - len(raw.translate(None, b"0123456789"))
+    digits = _digits(text)
     if "." not in text and not digits:
         return ()  # no URL, address, IBAN, phone number or date can be in it
     found: list[tuple[str, str, str]] = []
@@ -110,6 +109,11 @@ def _scan(text: str) -> tuple[tuple[str, str, str], ...]:
     if digits >= 4 and _YEAR.search(text):
         found.extend(("date", iso, iso) for iso in _dates(text))
     return tuple(found)
+
+
+def _digits(text: str) -> int:
+    raw = text.encode("utf-8", "surrogatepass")  # an ASCII digit is one byte of its own in UTF-8
+    return len(raw) - len(raw.translate(None, b"0123456789"))
 
 
 def _dates(text: str) -> list[str]:
@@ -137,7 +141,8 @@ def value_keys(value: Any) -> list[str]:
         return [f"v:{_number(repr(value))}"] if abs(value) < 1e18 else []
     if not isinstance(value, str):
         return []
-    return list(_text(value)[0])
+    known = _SINK_KEYS.get(value)
+    return list(known if known is not None else _text(value)[0])
 
 
 def sinks(value: Any) -> list[str]:
@@ -170,9 +175,39 @@ def _text(value: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
             if written == value:
                 continue  # the value is this sink: its words are the value's, keyed above
             sink_words = words(written)
-            if sink_words and (len(sink_words) <= MAX_PHRASE or len(written) <= MAX_WHOLE):
-                leaf.append("v:" + " ".join(sink_words))
+            short = sink_words and (len(sink_words) <= MAX_PHRASE or len(written) <= MAX_WHOLE)
+            own = ["v:" + " ".join(sink_words)] if short else []
+            leaf += own
+            if written not in _SINK_KEYS and (whole := _whole(kind, written)) is not None:
+                if len(_SINK_KEYS) >= 8192:
+                    _SINK_KEYS.clear()
+                _SINK_KEYS[written] = (*own, *whole)  # what `_text(written)[0]` is, without scanning it again
     return tuple(keys), tuple(leaf), tuple(written_sinks)
+
+
+_SINK_KEYS: dict[str, tuple[str, ...]] = {}  # a URL's or address's own keys, from the scan of the text holding it
+
+
+def _whole(kind: str, text: str) -> tuple[str, ...] | None:
+    """The keys after its words' that `text`'s own scan gives, when it is one URL or e-mail address (a sink
+    as written): the search of its kind takes all of it (no other kind can: an IBAN or a phone number holds
+    no "@", "." or "://", and a URL is not taken where an address starts), then its dates. None where only
+    a scan of `text` can tell (a URL holding "@", an IBAN, a phone number)."""
+    if kind == "email":
+        found = _EMAIL.match(text)
+        if found is None or found.end() != len(text):
+            return None
+        keys = [f"email:{found.group(0).lower()}"]
+    elif kind == "url" and "@" not in text and "." in text:
+        found = _URL.match(text)
+        if found is None or found.group(0).rstrip(".,;:!?'\"") != text:
+            return None
+        keys = [f"url:{_url_form(found.group(0))}"]
+    else:
+        return None
+    if _digits(text) >= 4 and _YEAR.search(text):
+        keys += [f"date:{iso}" for iso in _dates(text)]
+    return tuple(keys)
 
 
 def leaves(value: Any) -> list[Any]:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from rails.tools.config import load_tool_policy
 from rails.tools.decide import STRENGTH, Decider, SessionView
 from rails.tools.provenance import ORIGINS_PER_KEY, Origin, ProvenanceView, Texts, ValueIndex
-from rails.tools.values import _EMAIL, _IBAN, _URL, _scan, entities, leaves, lookup_keys, sinks, value_keys
+from rails.tools.values import _EMAIL, _IBAN, _URL, _scan, _text, entities, leaves, lookup_keys, sinks, value_keys
 
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
 _VALUES = st.recursive(
@@ -79,7 +79,9 @@ _PIECES = st.sampled_from([
     "https://Example.com/a/2024-05-01/x", "www.shop.io/p?id=42", "Bob.Smith@Example.COM", "a@b.co", "http://a@b.com/x",
     "DE89 3704 0044 0532 0130 00", "GB29NWBK60161331926819", "+44 20 7946 0958", "555.123.4567", "March 5th, 2024",
     "2024-03-05 08:00", "u1234@example.com", "/tmp/1234", "a.com@b.org", "x@y.com.", "see", "42", "\u0130",
-    "\u017fep", "é", "\u0661\u0662", "\n", " ", "(", ")", ".", "@", "-",
+    "\u017fep", "é", "\u0661\u0662", "http://.", "see http://localhost/x", "x.com/a.", "www.a.com:80/p",
+    "HTTP://WWW.X.COM/2024-5-1", "https://x.com/a@b.co", "ftp://a.b/c,", "1234.com", "x.com/GB29NWBK60161331926819",
+    "mailto:a@b.com", '"http://q.io/x"', "\n", " ", "(", ")", ".", "@", "-",
 ])  # fmt: skip
 _TEXTS = st.one_of(st.lists(_PIECES, min_size=1, max_size=8).map("".join),
                    st.lists(_PIECES, min_size=1, max_size=8).map(" ".join), st.text(max_size=40))  # fmt: skip
@@ -112,6 +114,17 @@ def test_one_analysis_serves_the_lookup_and_the_rules(text):
     assert set(value_keys(text)) <= keys
     for sink in sinks(text):
         assert set(value_keys(sink)) <= keys, sink
+
+
+@settings(max_examples=500, deadline=None)
+@given(_TEXTS)
+def test_a_sinks_keys_from_the_scan_that_found_it_are_those_of_its_own_scan(text):
+    """A URL or address inside a text is keyed from the text's scan (not scanned again when a rule asks about
+    it): the keys are those that scanning it alone gives, whichever way it is asked about first."""
+    found = sinks(text)
+    for sink in found:
+        assert value_keys(sink) == list(_text.__wrapped__(sink)[0]), sink
+        assert sinks(sink) == list(_text.__wrapped__(sink)[2]), sink
 
 
 def test_dates_with_letters_that_match_a_month_name_in_any_case_do_not_fail():
