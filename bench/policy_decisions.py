@@ -30,7 +30,7 @@ from bench.baseline import report  # noqa: E402
 from rails.tools.cel_runtime import CallState, RuleFailure, activation, bound, compile_condition, evaluate  # noqa: E402
 from rails.tools.config import load_tool_policy  # noqa: E402
 from rails.tools.decide import Decider, PastCall, SessionView, canonical  # noqa: E402
-from rails.tools.provenance import ProvenanceView, ValueIndex  # noqa: E402
+from rails.tools.provenance import ProvenanceView, Texts, ValueIndex  # noqa: E402
 from rails.tools.values import lookup_keys  # noqa: E402
 
 TOOLS = [f"tool_{i:02d}" for i in range(50)]
@@ -109,6 +109,18 @@ def provenance_session() -> tuple[SessionView, ValueIndex, float, float]:
         costs.append((time.perf_counter() - started) * 1000)
     costs.sort()
     return view, index, size / 1e6, costs[round(0.99 * (len(costs) - 1))]
+
+
+def texts_build_ms(index: ValueIndex) -> float:
+    """What the first phrase lookup of a step costs: the session's prompt texts are read once a step and
+    searched through a word -> texts map built then (best of 5)."""
+    costs = []
+    for _ in range(5):
+        texts = Texts(list(index.texts.lines))
+        started = time.perf_counter()
+        texts.find("no such phrase", whole=False)
+        costs.append((time.perf_counter() - started) * 1000)
+    return min(costs)
 
 
 def per_function(view: SessionView, index: ValueIndex, count: int) -> list[str]:
@@ -196,6 +208,7 @@ def main(count: int, before: str | None) -> None:
         lines.append(f"| naive (every rule, full context) | {label} | {slow[0]:.3f} | {slow[1]:.3f} |")
         lines.append(f"| ratio naive / Sentrail | {label} | {slow[0] / fast[0]:.0f}x | {slow[1] / fast[1]:.0f}x |")
     view, index, megabytes, index_p99 = provenance_session()
+    texts_ms = texts_build_ms(index)
     gc.freeze()  # the whole index lives in Redis in the gateway, not in its heap: keep it out of collections
     text = policy_file(False, provenance_rules=True)
     with tempfile.TemporaryDirectory() as folder:
@@ -225,7 +238,8 @@ def main(count: int, before: str | None) -> None:
         f"| of which the key lookup (the call's values -> their origins) | none | {key_p50:.3f} | {key_p99:.3f} |",
         "",
         f"Provenance index of the 500-step session: {megabytes:.2f} MB of tool output, {len(index):,} keys, "
-        f"{len(index.texts.lines)} prompt texts searched by phrase; "
+        f"{len(index.texts.lines)} prompt texts searched by phrase (their word -> texts map: "
+        f"{texts_ms:.2f} ms to build, once a step); "
         f"indexing one step's ~2 KB tool result: p99 {index_p99:.2f} ms (at step start, not per decision).",
         "",
         "One rule's evaluation by what it calls (same session; `provenance()` converts each origin into a CEL map:",

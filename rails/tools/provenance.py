@@ -11,8 +11,8 @@ with its path), an unstructured tool result, and the assistant's own text. Two s
                                (a URL in an e-mail body, an IBAN in groups or wrapped onto two lines, a
                                date written in words), in one normal form each
   texts             the prompts, and documents the user pointed at, kept whole and normalized: a phrase
-                    is found by one substring search over them (what people type is small; a key per
-                    phrase cost ~100 writes per 20-word message)
+                    is searched for in the texts holding its rarest word (what people type is small; a
+                    key per phrase cost ~100 writes per 20-word message)
 
 A value is looked up by the same keys (dict reads, no scan of the tool output). A value of more than
 `MAX_PHRASE` words matches only a whole text or field, never a substring: a long argument is not "from
@@ -22,8 +22,6 @@ up, or computed it: dates, sums).
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -98,60 +96,46 @@ FieldLabels = Callable[[str], tuple[str, ...]]  # field path -> its labels
 class Texts:
     """Texts whose phrases are found by searching them rather than by keys: the prompts (user, system,
     developer messages) and documents the user pointed at. Each is kept once, normalized, with its origin;
-    a phrase is looked up with one substring search over all of them (people type little: writing every
-    phrase of a 20-word message as a key cost ~100 writes a step)."""
+    a phrase is looked up in the texts that hold its rarest word (people type little: writing every phrase
+    of a 20-word message as a key cost ~100 writes a step; the word -> texts map is built once a step, when
+    a phrase is first looked up)."""
 
     def __init__(self, lines: list[tuple[Origin, str]] | None = None) -> None:
         self.lines: list[tuple[Origin, str]] = lines or []  # (origin, " w1 w2 ... ")
-        self._hay: str | None = None
-        self._starts: list[int] = []
-        self._first: dict[str, int] = {}  # word -> the first line holding it
-        self._last: dict[str, int] = {}  # word -> the last line holding it
+        self._holding: dict[str, list[int]] | None = None  # word -> the lines holding it, in order
 
     def add(self, origin: Origin, normal: list[str]) -> None:
         self.lines.append((origin, " " + " ".join(normal)[:MAX_TEXT_CHARS] + " "))
-        self._hay = None
+        self._holding = None
 
-    def _build(self) -> str:
-        self._starts, offset = [], 0
-        for _, text in self.lines:
-            self._starts.append(offset)
-            offset += len(text) + 1
-        self._starts.append(offset)  # where a line after the last would start: the end of the hay
-        per_line = [text.split() for _, text in self.lines]
-        tokens = list(itertools.chain.from_iterable(per_line))
-        line_of = list(itertools.chain.from_iterable(itertools.repeat(i, len(w)) for i, w in enumerate(per_line)))
-        self._last = dict(zip(tokens, line_of, strict=True))
-        self._first = dict(zip(reversed(tokens), reversed(line_of), strict=True))
-        self._hay = "\n".join(text for _, text in self.lines) + "\n"
-        return self._hay
+    def _build(self) -> dict[str, list[int]]:
+        holding: dict[str, list[int]] = {}
+        for number, (_, text) in enumerate(self.lines):
+            for word in set(text.split()):
+                holding.setdefault(word, []).append(number)
+        self._holding = holding
+        return holding
 
     def find(self, phrase: str, whole: bool) -> list[Origin]:
         """Origins of the texts holding `phrase` as whole words (`whole`: as the entire text)."""
         if not self.lines:
             return []
-        hay = self._hay if self._hay is not None else self._build()
-        # A phrase lies within one line, and that line holds each of its words: only the lines between the
-        # last first line and the first last line of its words are searched (most values are in no prompt).
-        low, high = 0, len(self.lines) - 1
+        holding = self._holding if self._holding is not None else self._build()
+        candidates: list[int] | None = None  # the lines holding its rarest word (most values are in no prompt)
         for word in phrase.split(" "):
-            first = self._first.get(word)
-            if first is None:
+            lines = holding.get(word)
+            if lines is None:
                 return []
-            low, high = max(low, first), min(high, self._last[word])
-        if low > high:
-            return []
-        needle = f" {phrase} \n" if whole else f" {phrase} "
+            if candidates is None or len(lines) < len(candidates):
+                candidates = lines
+        needle = f" {phrase} "
         found: list[Origin] = []
-        end = self._starts[high + 1]
-        at = hay.find(needle, self._starts[low], end)
-        while at >= 0 and len(found) < ORIGINS_PER_KEY:
-            line = bisect.bisect_right(self._starts, at) - 1
-            if not whole or at == self._starts[line]:
-                origin = self.lines[line][0]
-                if origin not in found:
-                    found.append(origin)
-            at = hay.find(needle, at + 1, end)
+        for number in candidates or ():
+            origin, text = self.lines[number]
+            if (text == needle if whole else needle in text) and origin not in found:
+                found.append(origin)
+                if len(found) == ORIGINS_PER_KEY:
+                    break
         return found
 
 
