@@ -168,7 +168,9 @@ def _text(value: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
         if written.strip() == stripped or kind == "date":
             keys.append(f"{kind}:{form}")
     leaf, written_sinks = list(keys), []
-    for kind, form, written in found if stripped == value else _scan(value):
+    scanned = found if stripped == value else _scan(value)
+    dated = any(kind == "date" for kind, _, _ in scanned)
+    for kind, form, written in scanned:
         if kind in SINK_KINDS:
             written_sinks.append(written)
             leaf.append(f"{kind}:{form}")
@@ -178,7 +180,7 @@ def _text(value: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
             short = sink_words and (len(sink_words) <= MAX_PHRASE or len(written) <= MAX_WHOLE)
             own = ["v:" + " ".join(sink_words)] if short else []
             leaf += own
-            if written not in _SINK_KEYS and (whole := _whole(kind, written)) is not None:
+            if written not in _SINK_KEYS and (whole := _whole(kind, form, written, dated)) is not None:
                 if len(_SINK_KEYS) >= 8192:
                     _SINK_KEYS.clear()
                 _SINK_KEYS[written] = (*own, *whole)  # what `_text(written)[0]` is, without scanning it again
@@ -188,26 +190,24 @@ def _text(value: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
 _SINK_KEYS: dict[str, tuple[str, ...]] = {}  # a URL's or address's own keys, from the scan of the text holding it
 
 
-def _whole(kind: str, text: str) -> tuple[str, ...] | None:
-    """The keys after its words' that `text`'s own scan gives, when it is one URL or e-mail address (a sink
-    as written): the search of its kind takes all of it (no other kind can: an IBAN or a phone number holds
-    no "@", "." or "://", and a URL is not taken where an address starts), then its dates. None where only
-    a scan of `text` can tell (a URL holding "@", an IBAN, a phone number)."""
+def _whole(kind: str, form: str, text: str, dated: bool) -> tuple[str, ...] | None:
+    """The keys after its words' that `text`'s own scan gives, when it is one URL or e-mail address found in
+    a longer text with normal form `form` (`dated`: that text holds a date): the search of its kind takes all
+    of it (no other kind can: an IBAN or a phone number holds no "@", "." or "://", and a URL is not taken
+    where an address starts), with the same form (of the same characters), then its dates (a date in it is
+    one of the longer text's: the characters around a URL or an address end a word). None where only a scan
+    of `text` can tell (a URL holding "@", an IBAN, a phone number)."""
     if kind == "email":
         found = _EMAIL.match(text)
-        if found is None or found.end() != len(text):
-            return None
-        keys = [f"email:{found.group(0).lower()}"]
     elif kind == "url" and "@" not in text and "." in text:
         found = _URL.match(text)
-        if found is None or found.group(0).rstrip(".,;:!?'\"") != text:
-            return None
-        keys = [f"url:{_url_form(found.group(0))}"]
     else:
         return None
-    if _digits(text) >= 4 and _YEAR.search(text):
-        keys += [f"date:{iso}" for iso in _dates(text)]
-    return tuple(keys)
+    if found is None or found.group(0).rstrip(".,;:!?'\"") != text:
+        return None
+    if dated and _digits(text) >= 4 and _YEAR.search(text):
+        return (f"{kind}:{form}", *(f"date:{iso}" for iso in _dates(text)))
+    return (f"{kind}:{form}",)
 
 
 def leaves(value: Any) -> list[Any]:
