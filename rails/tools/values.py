@@ -164,12 +164,13 @@ def _text(value: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
     keys = ["v:" + " ".join(normal)] if normal and (len(normal) <= MAX_PHRASE or len(value) <= MAX_WHOLE) else []
     stripped = value.strip()
     found = _scan(stripped)  # not through `entities`' cache: this one holds the result
+    if not found and stripped == value:  # most values: no URL, address, IBAN, phone number or date
+        return (only := tuple(keys)), only, ()
     for kind, form, written in found:
         if written.strip() == stripped or kind == "date":
             keys.append(f"{kind}:{form}")
     leaf, written_sinks = list(keys), []
     scanned = found if stripped == value else _scan(value)
-    dated = any(kind == "date" for kind, _, _ in scanned)
     for kind, form, written in scanned:
         if kind in SINK_KINDS:
             written_sinks.append(written)
@@ -180,7 +181,10 @@ def _text(value: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
             short = sink_words and (len(sink_words) <= MAX_PHRASE or len(written) <= MAX_WHOLE)
             own = ["v:" + " ".join(sink_words)] if short else []
             leaf += own
-            if written not in _SINK_KEYS and (whole := _whole(kind, form, written, dated)) is not None:
+            if written in _SINK_KEYS:
+                continue
+            dated = any(kind == "date" for kind, _, _ in scanned)
+            if (whole := _whole(kind, form, written, dated)) is not None:
                 if len(_SINK_KEYS) >= 8192:
                     _SINK_KEYS.clear()
                 _SINK_KEYS[written] = (*own, *whole)  # what `_text(written)[0]` is, without scanning it again
