@@ -166,3 +166,33 @@ def test_a_decision_is_the_strongest_enforced_rule_that_explain_shows_matching(t
     assert decision.reason == (strongest.reason if strongest else "no rule matched; default deny")
     assert decision.shadow == [{"rule": r.rule, "action": r.action, "reason": r.reason}
                                for r in results if r.matched and r.shadow]  # fmt: skip
+
+
+def test_lists_that_rules_get_from_functions_are_not_kept_alive_and_read_right():
+    """cel-expr-python keeps a reference to each container a function returns: `provenance()` and `sinks()`
+    give CEL one list per thread, refilled at each call (CEL copies it), so nothing accumulates, and a rule
+    that calls them inside one another still reads each call's own result."""
+    import gc
+
+    from rails.tools.cel_runtime import CallState, activation, bound, compile_condition, evaluate
+
+    index = ValueIndex()
+    index.add_message("user", "pay ann@example.com 30 and see https://a.example.org/x", 1)
+    index.add_tool_result('{"to": "bob@example.net", "amount": 30}', "inbox", 2, lambda path: ("untrusted",))
+    nested = compile_condition(
+        'provenance(call.args.amount).exists(o, o.source == "user" && provenance(call.args.to).size() == 1'
+        ' && sinks(call.args.note).exists(s, sinks(call.args.to)[0] == "ann@example.com" && s.startsWith("https")))'
+    )
+    args = {"amount": 30, "to": "ann@example.com", "note": "see https://a.example.org/x"}
+
+    def decide() -> bool:
+        with bound(CallState(provenance=ProvenanceView(index))):
+            return evaluate(nested, activation({"call": {"args": args}}))
+
+    assert decide() and [o.source for o in ProvenanceView(index).origins(30)] == ["tool", "user"]
+    gc.collect()
+    before = len(gc.get_objects())
+    for _ in range(300):
+        decide()
+    gc.collect()
+    assert len(gc.get_objects()) - before < 30
