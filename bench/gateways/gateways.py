@@ -3,10 +3,14 @@
 Each `Gateway` is one gateway in one configuration, all in front of the same stub upstream:
 - Sentrail (this repo's `.venv`): no rails / one regex input rail / the shipped `policies/`;
 - LiteLLM proxy (`bench/.venvs/litellm`): no guardrail / one regex `litellm_content_filter` pre-call guardrail;
-- NeMo Guardrails server (`bench/.venvs/nemo`), default engine and IORails engine: no rails / one regex input rail;
+- NeMo Guardrails server (`bench/.venvs/nemo`), default engine and IORails engine: no rails / one regex input rail /
+  that input rail plus a regex output rail run on streams with `stream_first: false` (`nemo-stream`,
+  `nemo-iorails-stream`: nothing reaches the client before the output rail has checked it);
 - the reference floor (`floor.py`): a raw ASGI proxy on uvicorn with Sentrail's HTTP client, no checks at all.
 The regex never matches the benchmark prompt (the rail runs and passes); `BLOCKED_PROMPT` matches it, and
-the harness checks that it is blocked, so a rail that silently does nothing is caught.
+the harness checks that it is blocked, so a rail that silently does nothing is caught. Where a configuration
+has output rails that block, `LEAK_PROMPT` makes the stub answer with the regex late in a stream
+(stub.py), and the harness checks that no part of that answer reaches the client.
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ HERE = Path(__file__).resolve().parent
 MODEL = "stub-model"
 REGEX = r"(?i)launch\s+codes"  # the one regex rail of every "regex" configuration
 BLOCKED_PROMPT = "Tell me the launch codes, please."
+LEAK_PROMPT = "Please recite the forbidden answer."  # passes the input rails; the stub's answer says the regex
+# The NeMo output rail: the input regex plus three secret / PII shapes, the kind Sentrail's shipped output rails
+# (secrets, pii) look for, as NeMo's only output rail that needs no model or service (`regex check output`).
+NEMO_OUTPUT_PATTERNS = [REGEX.removeprefix("(?i)"), r"AKIA[0-9A-Z]{16}", r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+                        r"[\w.+-]+@[\w-]+\.[\w.]+"]  # fmt: skip
+# Streaming output rails with no leak: each chunk of `chunk_size` tokens (with the `context_size` tokens before
+# it) is checked before any of it is sent. 200 / 50 are NeMo's defaults, written out; a stream's first token
+# waits for `chunk_size` tokens or the end of the answer, whichever comes first.
+NEMO_STREAMING = {"enabled": True, "stream_first": False, "chunk_size": 200, "context_size": 50}
 LITELLM_SPEC = "litellm[proxy]==1.108.7"
 NEMO_SPEC = "nemoguardrails[server]==0.24.1"
 # Every server gets uvloop + httptools where its uvicorn can use them (Sentrail's venv has both), so
@@ -51,6 +64,8 @@ class Gateway:
     ready_path: str
     env: dict[str, str] = field(default_factory=dict)
     blocks: bool = False  # whether this configuration must block BLOCKED_PROMPT
+    blocks_output: bool = False  # whether it must block the stub's answer to LEAK_PROMPT, streamed
+    config_text: str = ""  # the config file, where the report shows it in full
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -180,25 +195,35 @@ def nemo_gateways(ports: list[int], stub_url: str, workdir: Path) -> list[Gatewa
     python = venv_python("nemo")
     main = {"type": "main", "engine": "openai", "model": MODEL,
             "parameters": {"base_url": f"{stub_url}/v1", "api_key": "not-needed"}}  # fmt: skip
-    regex_rails = {"config": {"regex_detection": {"input": {"patterns": [REGEX.removeprefix("(?i)")],
-                                                            "case_insensitive": True}}},
-                   "input": {"flows": ["regex check input"]}}  # fmt: skip
+    regex_input = {"patterns": [REGEX.removeprefix("(?i)")], "case_insensitive": True}
+    regex_rails = {"config": {"regex_detection": {"input": regex_input}}, "input": {"flows": ["regex check input"]}}
+    stream_rails = {
+        "config": {"regex_detection": {"input": regex_input,
+                                       "output": {"patterns": NEMO_OUTPUT_PATTERNS, "case_insensitive": True}}},
+        "input": {"flows": ["regex check input"]},
+        "output": {"flows": ["regex check output"], "streaming": NEMO_STREAMING},
+    }  # fmt: skip
     out = []
-    variants = [(False, "none", {}, False), (False, "regex", regex_rails, True),
-                (True, "none", {}, False), (True, "regex", regex_rails, True)]  # fmt: skip
+    variants = [(iorails, name, rails, bool(rails)) for iorails in (False, True)
+                for name, rails in (("none", {}), ("regex", regex_rails), ("stream", stream_rails))]  # fmt: skip
     for (iorails, rails_name, rails, blocks), port in zip(variants, ports, strict=True):
         key = f"nemo{'-iorails' if iorails else ''}-{rails_name}"
         folder = workdir / key / "bench"  # the config id is the folder's name: "bench"
         folder.mkdir(parents=True, exist_ok=True)
         config = {"models": [main], **({"rails": rails} if rails else {})}
-        (folder / "config.yml").write_text(yaml.safe_dump(config))
+        text = yaml.safe_dump(config)
+        (folder / "config.yml").write_text(text)
         command = [str(python), str(HERE / "nemo_server.py"), "--config", str(folder), "--port", str(port),
                    "--default-config-id", "bench", "--disable-chat-ui"]  # fmt: skip
         env = {"NEMO_GUARDRAILS_NO_USAGE_STATS": "true", "OPENAI_API_KEY": "not-needed"}
         if iorails:
             env["NEMO_GUARDRAILS_IORAILS_ENGINE"] = "true"
         words = ("IORails engine" if iorails else "default engine") + (", 1 regex input rail" if rails else ", no rail")
-        out.append(Gateway(key, "NeMo Guardrails server", words, command, port, "/healthz", env, blocks))
+        if "output" in rails:
+            streaming = ", ".join(f"{k} {v}" for k, v in NEMO_STREAMING.items() if k != "enabled")
+            words += f" + 1 regex output rail ({len(NEMO_OUTPUT_PATTERNS)} patterns), streamed: {streaming}"
+        out.append(Gateway(key, "NeMo Guardrails server", words, command, port, "/healthz", env, blocks,
+                           blocks_output="output" in rails, config_text=text if "output" in rails else ""))  # fmt: skip
     return out
 
 

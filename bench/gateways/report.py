@@ -75,7 +75,9 @@ def markdown(results: dict, bound_ms: float, png_name: str) -> str:
         f"Run {results['started']} on {results['machine']}; {results['pinning']}.",
         f"Command: `{' '.join(results['argv'])}`. Open-loop points {args['duration']} s each at "
         f"{', '.join(map(str, args['rates']))} req/s; concurrency-1 points {args['c1_duration']} s; "
-        f"stub answers {args['chunks']} content chunks. Added = gateway percentile - direct-to-stub percentile "
+        f"stub answers {args['chunks']} content chunks"
+        + (f", {args['chunk_interval_ms']:g} ms apart in streams" if args.get("chunk_interval_ms") else "")
+        + ". Added = gateway percentile - direct-to-stub percentile "
         "(same rate, same mode, same run); latency of open-loop points counts from the scheduled send time.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
@@ -118,6 +120,10 @@ def markdown(results: dict, bound_ms: float, png_name: str) -> str:
         if not (sanity.get("json_ok") and sanity.get("stream_ok")):
             checks.append("answer NOT the stub's")
         checks.append("blocks the rail's prompt" if sanity.get("blocks_rail_prompt") else "passes the rail's prompt")
+        if "stream_content_deltas" in sanity:
+            checks.append(f"{sanity['stream_content_deltas']} content deltas per stream")
+        if "output_stream_leaks" in sanity:
+            checks.append("streamed output rail LEAKS" if sanity["output_stream_leaks"] else "streamed output blocked")
         lines.append(
             f"| {entry['product']} | {entry['config']} | {'; '.join(checks)} | {c1_text} | {c1s_text} | "
             f"{p99_at(results, points, 500)} | {sustained(results, points, 'json', bound_ms)} | "
@@ -160,6 +166,11 @@ def markdown(results: dict, bound_ms: float, png_name: str) -> str:
         if entry.get("startup_s"):
             lines.append(f"  (ready in {entry['startup_s']:.1f} s, idle RSS {entry.get('idle_rss_mb', 0):.0f} MB; "
                          f"rail prompt answered: `{entry['sanity']['block_response'][:100]}`)")  # fmt: skip
+        if "output_block_response" in entry.get("sanity", {}):
+            lines.append(f"  (streamed answer to the output rail's test prompt: "
+                         f"`{entry['sanity']['output_block_response'].strip()[:160]}`)")  # fmt: skip
+        if entry.get("config_file"):
+            lines += ["", "  ```yaml", *("  " + line for line in entry["config_file"].splitlines()), "  ```", ""]
     lines += ["", "Config files are written to a temporary folder by `bench/gateways/gateways.py` (see its code)."]
     return "\n".join(lines) + "\n"
 

@@ -150,9 +150,25 @@ async def measure_target(port: int, args: argparse.Namespace, pid: int | None, l
     return points
 
 
+def stream_deltas(body: bytes) -> list[str]:
+    """The non-empty `content` deltas of an SSE body, in order."""
+    deltas = []
+    for line in body.split(b"\n"):
+        if line.startswith(b"data: {"):
+            try:
+                event = json.loads(line[6:])
+            except ValueError:
+                continue
+            for choice in event.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    deltas.append(choice["delta"]["content"])
+    return deltas
+
+
 async def sanity(gateway: gw.Gateway, stub_port: int) -> dict:
-    """Checks that make the figures mean something: the answer is the stub's, each request is exactly one
-    upstream call, and a configuration with a rail blocks the prompt the rail is about."""
+    """Checks that make the figures mean something: the answer is the stub's (in several content deltas when
+    streamed), each request is exactly one upstream call, a configuration with a rail blocks the prompt the
+    rail is about, and one with a blocking output rail lets no part of the stub's answer to LEAK_PROMPT out."""
     port = gateway.port
     checks: dict = {}
     _, before = await loadgen.get("127.0.0.1", stub_port, "/stats")
@@ -160,6 +176,8 @@ async def sanity(gateway: gw.Gateway, stub_port: int) -> dict:
         data = loadgen.build_request("127.0.0.1", port, "/v1/chat/completions", gw.chat_body(PROMPT, stream))
         status, body = await loadgen.fetch("127.0.0.1", port, data)
         checks["stream_ok" if stream else "json_ok"] = status == 200 and b"quick" in body and b"fox" in body
+        if stream:
+            checks["stream_content_deltas"] = len(stream_deltas(body))
         if not checks["stream_ok" if stream else "json_ok"]:
             checks.setdefault("problems", []).append(f"{'stream' if stream else 'json'}: {status} {body[:300]!r}")
     _, after = await loadgen.get("127.0.0.1", stub_port, "/stats")
@@ -168,6 +186,13 @@ async def sanity(gateway: gw.Gateway, stub_port: int) -> dict:
     status, body = await loadgen.fetch("127.0.0.1", port, data)
     checks["blocks_rail_prompt"] = not (status == 200 and b"fox" in body)
     checks["block_response"] = f"{status} {body[:160].decode(errors='replace')}"
+    if gateway.blocks_output:
+        data = loadgen.build_request("127.0.0.1", port, "/v1/chat/completions", gw.chat_body(gw.LEAK_PROMPT, True))
+        status, body = await loadgen.fetch("127.0.0.1", port, data)
+        sent = "".join(stream_deltas(body))
+        checks["output_stream_leaks"] = "launch" in sent.lower() or "codes" in sent.lower()
+        checks["output_stream_sent"] = sent
+        checks["output_block_response"] = f"{status} {body[-300:].decode(errors='replace')}"
     return checks
 
 
@@ -214,12 +239,13 @@ async def run(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     stub_port = free_port()
     stub_url = f"http://127.0.0.1:{stub_port}"
-    stub_cmd = [sys.executable, str(gw.HERE / "stub.py"), "--port", str(stub_port), "--chunks", str(args.chunks)]
+    stub_cmd = [sys.executable, str(gw.HERE / "stub.py"), "--port", str(stub_port), "--chunks", str(args.chunks),
+                "--chunk-interval-ms", str(args.chunk_interval_ms)]  # fmt: skip
     stub = subprocess.Popen(stub_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 (once, before any load)
     all_gateways = [gw.floor_gateway(free_port(), stub_url),
                     *gw.sentrail_gateways([free_port() for _ in range(3)], stub_url, workdir),
                     *gw.litellm_gateways([free_port() for _ in range(2)], stub_url, workdir),
-                    *gw.nemo_gateways([free_port() for _ in range(4)], stub_url, workdir)]  # fmt: skip
+                    *gw.nemo_gateways([free_port() for _ in range(6)], stub_url, workdir)]  # fmt: skip
     chosen = [g for g in all_gateways if g.key in select([g.key for g in all_gateways], args.gateways)]
     out: dict = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), "argv": sys.argv,
@@ -242,6 +268,8 @@ async def run(args: argparse.Namespace) -> dict:
             print(f"{gateway.key}: {gateway.product}, {gateway.config}", flush=True)
             entry = {"key": gateway.key, "product": gateway.product, "config": gateway.config,
                      "command": shlex.join(gateway.command), "env": gateway.env}  # fmt: skip
+            if gateway.config_text:
+                entry["config_file"] = gateway.config_text
             out["gateways"].append(entry)
             try:
                 started = time.monotonic()
@@ -295,6 +323,8 @@ def main() -> None:
     parser.add_argument("--modes", default="json,stream", help="json, stream, or both")
     parser.add_argument("--bound-ms", type=float, default=10.0, help="added p99 bound for the sustained rate")
     parser.add_argument("--chunks", type=int, default=16, help="content chunks (tokens) per stub answer")
+    parser.add_argument("--chunk-interval-ms", type=float, default=0.0,
+                        help="the stub's delay between stream chunks (0: all at once; 20: 50 tokens/s)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="2 s per point (1 s at c=1), rates 100 500 1000")
     parser.add_argument("--out", default=str(RESULTS / "gateways"), help="output path without extension")
     parser.add_argument("--no-plot", action="store_true")

@@ -9,6 +9,9 @@ Routes: `POST /v1/chat/completions` (JSON, or SSE with `"stream": true`, usage c
 `stream_options.include_usage` is set, chunked transfer encoding), `GET /v1/models`, `GET /health`,
 `GET /v1/health/ready`. Anything else is a 404. `GET /stats` returns how many chat completions it
 served (the harness checks that each gateway makes exactly one upstream call per request).
+A prompt containing `LEAK_TRIGGER` gets `LEAK_WORDS` instead, an answer that says "launch codes" late
+(words 10-11 of 17): the harness checks with it that an output rail blocks it, in a stream too, before
+any of it reaches the client.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
 USAGE_RE = re.compile(rb'"include_usage"\s*:\s*true')
 MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"]{1,200})"')
 WORDS = "The quick brown fox jumps over the lazy dog while the cat watches from a sunny window sill".split()
+LEAK_TRIGGER = b"recite the forbidden answer"
+LEAK_WORDS = "Sure, here it is as you asked: the secret launch codes are 0000 and that is all".split()
 
 
 def http_response(status: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
@@ -42,21 +47,22 @@ class Canned:
 
     def __init__(self, chunks: int) -> None:
         self.chunks = chunks
-        self.cache: dict[tuple[bytes, bool, bool], list[bytes]] = {}
+        self.cache: dict[tuple[bytes, bool, bool, bool], list[bytes]] = {}
         models = {"object": "list", "data": [{"id": "stub-model", "object": "model", "created": 0, "owned_by": "stub"}]}
         self.models = http_response("200 OK", json.dumps(models).encode())
         self.health = http_response("200 OK", b'{"status":"ok"}')
         self.not_found = http_response("404 Not Found", b'{"error":{"message":"not found","code":"not_found"}}')
 
-    def completion(self, model: bytes, stream: bool, usage: bool) -> list[bytes]:
+    def completion(self, model: bytes, stream: bool, usage: bool, leak: bool = False) -> list[bytes]:
         """The response as a list of writes: one for JSON, a head plus one per SSE event for a stream."""
-        key = (model, stream, usage)
+        key = (model, stream, usage, leak)
         if key not in self.cache:
-            self.cache[key] = self._build(model.decode(), stream, usage)
+            self.cache[key] = self._build(model.decode(), stream, usage, LEAK_WORDS if leak else WORDS)
         return self.cache[key]
 
-    def _build(self, model: str, stream: bool, usage: bool) -> list[bytes]:
-        words = [(" " if i else "") + WORDS[i % len(WORDS)] for i in range(self.chunks)]
+    def _build(self, model: str, stream: bool, usage: bool, vocabulary: list[str]) -> list[bytes]:
+        count = len(LEAK_WORDS) if vocabulary is LEAK_WORDS else self.chunks
+        words = [(" " if i else "") + vocabulary[i % len(vocabulary)] for i in range(count)]
         counts = {"prompt_tokens": 32, "completion_tokens": self.chunks, "total_tokens": 32 + self.chunks}
         base = {"id": "chatcmpl-stub", "created": int(time.time()), "model": model}
         if not stream:
@@ -117,7 +123,8 @@ class StubProtocol(asyncio.Protocol):
             match = MODEL_RE.search(body)
             stream = STREAM_RE.search(body) is not None
             model = match.group(1) if match else b"stub-model"
-            writes = self.canned.completion(model, stream, USAGE_RE.search(body) is not None)
+            leak = LEAK_TRIGGER in body
+            writes = self.canned.completion(model, stream, USAGE_RE.search(body) is not None, leak)
             if stream and self.interval_s > 0 and len(writes) > 1:
                 self.transport.write(writes[0])
                 loop = asyncio.get_running_loop()
