@@ -38,7 +38,7 @@ def _leaves_by_generator(value):
         yield value
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_VALUES)
 def test_leaves_are_the_scalars_depth_first_in_order(value):
     assert leaves(value) == list(_leaves_by_generator(value))
@@ -87,7 +87,7 @@ _TEXTS = st.one_of(st.lists(_PIECES, min_size=1, max_size=8).map("".join),
                    st.lists(_PIECES, min_size=1, max_size=8).map(" ".join), st.text(max_size=40))  # fmt: skip
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_TEXTS)
 def test_the_scans_guards_skip_only_what_cannot_match(text):
     if text.islower():  # no upper-case letter: an IBAN cannot start
@@ -100,7 +100,7 @@ def test_the_scans_guards_skip_only_what_cannot_match(text):
     assert _scan(text) == entities(text)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_TEXTS)
 def test_one_analysis_serves_the_lookup_and_the_rules(text):
     """The keys of a text are those of its words and of each scanned value that is all of it (and dates);
@@ -116,7 +116,7 @@ def test_one_analysis_serves_the_lookup_and_the_rules(text):
         assert set(value_keys(sink)) <= keys, sink
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_TEXTS)
 def test_a_sinks_keys_from_the_scan_that_found_it_are_those_of_its_own_scan(text):
     """A URL or address inside a text is keyed from the text's scan (not scanned again when a rule asks about
