@@ -321,7 +321,9 @@ class ProvenanceView:
         if keys:
             found = []
             for key in keys:
-                found.extend(o for o in self.key_origins(key) if o not in found)
+                for origin in self.key_origins(key):
+                    if origin not in found:
+                        found.append(origin)
         if len(self._leaves) < 4096:
             self._leaves[memo] = found
         return found

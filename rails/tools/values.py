@@ -41,6 +41,7 @@ _DATE_DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH})\.
 SINK_KINDS = ("url", "email", "iban", "tel")
 _DIGIT = re.compile(r"\d")
 _YEAR = re.compile(r"\d{4}")  # every date form has one
+_SPACE = re.compile(r"\s")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
@@ -106,7 +107,7 @@ def _scan(text: str) -> tuple[tuple[str, str, str], ...]:
             clock = text.startswith(":", phone.end()) and text[phone.end() + 1 : phone.end() + 2].isdigit()
             if 8 <= len(number) <= 15 and not _DATE_ISO.search(phone.group(0)) and not clock:
                 found.append(("tel", number, phone.group(0)))  # not a date, nor a date and an hour ("2024-05-18 08:00")
-    if digits >= 4 and _YEAR.search(text):
+    if digits >= 4 and ("-" in text or _SPACE.search(text)) and _YEAR.search(text):  # ISO has "-", words spaces
         found.extend(("date", iso, iso) for iso in _dates(text))
     return tuple(found)
 
