@@ -130,9 +130,9 @@ def markdown(results: dict, bound_ms: float, png_name: str) -> str:
             f"{sustained(results, points, 'stream', bound_ms)} | "
             f"{fmt(cpu)}{where} | {fmt(max(p['rss_mb'] for p in points), 0)} |"
         )
+    if not args.get("no_plot"):
+        lines += ["", f"![added p99 latency versus offered rate]({png_name})"]
     lines += [
-        "",
-        f"![added p99 latency versus offered rate]({png_name})",
         "",
         "## Every point",
         "",
