@@ -13,6 +13,7 @@ and the variables converted into CEL are only the ones the tool's rules read.
 from __future__ import annotations
 
 import contextvars
+import functools
 import posixpath
 import re
 import threading
@@ -57,6 +58,7 @@ class CallState:
 
     tool_counts: Counter[str] = field(default_factory=Counter)
     provenance: ProvenanceView = field(default_factory=ProvenanceView)
+    args: Any = None  # the call's arguments, parsed (what `sinks()` reads)
 
 
 _STATE: contextvars.ContextVar[CallState] = contextvars.ContextVar("sentrail_cel_call")
@@ -80,8 +82,12 @@ class bound:  # named as the function it replaces: `with bound(state):`
         _STATE.reset(self.token)
 
 
+@functools.lru_cache(maxsize=4096)  # the same string for the same input: see `_LEAK`
 def email_domain(address: str) -> str:
     return address.rsplit("@", 1)[-1].strip().lower().rstrip(">")
+
+
+_lower = functools.lru_cache(maxsize=4096)(str.lower)
 
 
 def path_under(path: str, root: str) -> bool:
@@ -128,16 +134,24 @@ def _handed_over(name: str, impl: Callable[..., list[Any]]) -> Callable[..., lis
     return call
 
 
+def _call_sinks() -> list[str]:
+    """`sinks()`: the sinks of the call being decided, read from its arguments as parsed (see `_leak_free`)."""
+    return sinks(_STATE.get(_IDLE).args)
+
+
 def _function(name: str, impl: Callable[..., Any], result: Any, *params: Any) -> cel.FunctionDecl:
+    return cel.FunctionDecl(name, _overloads(name, impl, result, *params))
+
+
+def _overloads(name: str, impl: Callable[..., Any], result: Any, *params: Any) -> list[cel.Overload]:
     """`params` are types or `None` for a value of any type (one overload per CEL type, one level deep)."""
     implementation = _named(name, impl)
     signatures: list[list[tuple[str, Any]]] = [[]]
     for param in params:
         choices = list(_ANY.items()) if param is None else [(param.name().lower(), param)]
         signatures = [[*sig, choice] for sig in signatures for choice in choices]
-    overloads = [cel.Overload("_".join([name, *(kind for kind, _ in sig)]), result, [t for _, t in sig],
-                              impl=implementation) for sig in signatures]  # fmt: skip
-    return cel.FunctionDecl(name, overloads)
+    return [cel.Overload("_".join([name, *(kind for kind, _ in sig)]), result, [t for _, t in sig],
+                         impl=implementation) for sig in signatures]  # fmt: skip
 
 
 def _declarations() -> list[cel.FunctionDecl]:
@@ -147,10 +161,12 @@ def _declarations() -> list[cel.FunctionDecl]:
     mentions = [cel.Overload(f"user_mentions_{n}", T.BOOL, [T.STRING] * n, impl=asked) for n in range(1, 9)]
     listed = _named("user_mentions", lambda words: mentioned(*words))
     mentions.append(cel.Overload("user_mentions_list", T.BOOL, [T.List(T.STRING)], impl=listed))
+    sinks_overloads = _overloads("sinks", _handed_over("sinks", sinks), T.List(T.STRING), None)
+    sinks_overloads += _overloads("sinks", _handed_over("sinks", _call_sinks), T.List(T.STRING))
     return [
         _function("email_domain", email_domain, T.STRING, T.STRING),
         _function("path_under", path_under, T.BOOL, T.STRING, T.STRING),
-        _function("lower", str.lower, T.STRING, T.STRING),
+        _function("lower", _lower, T.STRING, T.STRING),
         _function("tool_count", lambda name: _STATE.get(_IDLE).tool_counts[name], T.INT, T.STRING),
         _function("provenance", _handed_over("provenance", _per_call("provenance")), T.List(origin), None),
         _function("from_user", _per_call("from_user"), T.BOOL, None),
@@ -159,7 +175,7 @@ def _declarations() -> list[cel.FunctionDecl]:
         _function("made_up", _per_call("made_up"), T.BOOL, None),
         _function("tainted", _per_call("tainted"), T.BOOL, None, T.STRING),
         cel.FunctionDecl("user_mentions", mentions),
-        _function("sinks", _handed_over("sinks", sinks), T.List(T.STRING), None),
+        cel.FunctionDecl("sinks", sinks_overloads),
     ]
 
 
@@ -175,13 +191,31 @@ def environment() -> Any:
     return _env
 
 
+_SINKS_OF_CALL = re.compile(r"\bsinks\(\s*call\s*\.\s*args\s*\)")
+_CALL_REBOUND = re.compile(r"\b(?:all|exists|exists_one|map|filter)\(\s*call\s*,")
+
+
+def _leak_free(expression: str) -> str:
+    """`sinks(call.args)` as `sinks()`, the same sinks read from the call's own arguments: cel-expr-python 0.1.3
+    keeps every value it hands a Python function (a copy of the call's whole arguments, ~0.5 KB a call and
+    more with a long text). Padded with spaces, so that error positions stay where the file has them; not
+    where a comprehension names its variable `call`."""
+    if "sinks" not in expression or _CALL_REBOUND.search(expression):
+        return expression
+    return _SINKS_OF_CALL.sub(lambda m: "sinks(" + " " * (len(m.group()) - 7) + ")", expression)
+
+
 def compile_condition(expression: str) -> Any:
     """The checked expression; raises `ValueError` with CEL's message (positions as `<input>:line:col`),
     unknown names said as such."""
+    written = _leak_free(expression)
     try:
-        program = environment().compile(expression)
+        program = environment().compile(written)
     except Exception as exc:
-        raise ValueError(_explain_compile(str(exc), expression)) from None
+        message = str(exc)
+        for line, original in zip(written.splitlines(), expression.splitlines(), strict=True):
+            message = message.replace(line, original) if line != original else message  # the line as in the file
+        raise ValueError(_explain_compile(message, expression)) from None
     if program.return_type() not in _CONDITION_TYPES:
         raise ValueError(f"a condition must be true or false; this one gives {program.return_type().name().lower()}")
     return _planned(program)
@@ -220,7 +254,8 @@ def compile_all(expressions: list[str]) -> Any:
     """One program giving the list of every condition's value (each already checked on its own), so that a
     tool's rules cost one evaluation; None when it does not compile."""
     try:
-        return _planned(environment().compile("[\n" + ",\n".join(f"(\n{e}\n)" for e in expressions) + "\n]"))
+        joined = "[\n" + ",\n".join(f"(\n{_leak_free(e)}\n)" for e in expressions) + "\n]"
+        return _planned(environment().compile(joined))
     except Exception:
         return None
 

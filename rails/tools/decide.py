@@ -186,7 +186,7 @@ class Decider:
         rules = self.policy.rules_for(tool)
         context = None
         outcomes: list[Outcome] = []
-        with bound(CallState(view.tool_counts, view.provenance)):
+        with bound(CallState(view.tool_counts, view.provenance, args)):
             values = iter(())  # every condition's value from one evaluation, when none of them failed
             if rules.program is not None:
                 context = _context(call_id, tool, args, view, self.policy, rules)

@@ -147,12 +147,13 @@ def value_keys(value: Any) -> list[str]:
 
 
 def sinks(value: Any) -> list[str]:
-    """The URLs, e-mail addresses, IBANs and phone numbers in a value's text leaves, as written."""
-    found: list[str] = []
+    """The URLs, e-mail addresses, IBANs and phone numbers in a value's text leaves, as written, each once
+    (a rule asks the same of each: a repeated one would only cost its question again)."""
+    found: dict[str, None] = {}
     for leaf in leaves(value):
         if isinstance(leaf, str):
-            found.extend(_text(leaf)[2])
-    return found
+            found.update(dict.fromkeys(_text(leaf)[2]))
+    return list(found)
 
 
 @functools.lru_cache(maxsize=8192)  # the key lookup, then the rules, ask about the same argument values

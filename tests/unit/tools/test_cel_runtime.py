@@ -210,3 +210,32 @@ def test_only_the_arguments_rules_ask_about_are_looked_up_and_decisions_are_the_
         assert (on_slice.action, on_slice.rule) == (on_whole.action, on_whole.rule), (tool, args)
     assert [decide("c", t, json.dumps(a), SessionView("s", provenance=ProvenanceView(whole))).action
             for t, a in calls] == ["deny", "deny", "allow", "deny", "allow", "allow", "deny"]  # fmt: skip
+
+
+def test_the_calls_sinks_are_read_from_its_arguments_and_keep_nothing():
+    """`sinks(call.args)` runs as `sinks()` on the call's own arguments: the same sinks, and nothing is kept per
+    evaluation (cel-expr-python 0.1.3 keeps every value it hands a Python function: the whole arguments each
+    time), while an error still shows the rule as written."""
+    import gc
+    import tracemalloc
+
+    args = {"to": "ann@example.com", "body": "see https://a.example.org/x and https://a.example.org/x " * 20}
+    rule = compile_condition('sinks(call.args) == ["ann@example.com", "https://a.example.org/x"]')
+    shadowed = compile_condition('[{"args": {}}].exists(call, sinks(call.args) == [])')  # another `call`
+
+    def run(program) -> bool:
+        with bound(CallState(args=args)):
+            return evaluate(program, activation({"call": {"args": args}}))
+
+    assert run(rule) and run(shadowed)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(2000):
+        run(rule)
+    gc.collect()
+    kept = (tracemalloc.get_traced_memory()[0] - before) / 2000
+    tracemalloc.stop()
+    assert kept < 16, kept  # was ~1.5 KB an evaluation with these arguments
+    with pytest.raises(ValueError, match=r"(?s)<input>:1:18: .* \| sinks\(call\.args\) > 1"):
+        compile_condition("sinks(call.args) > 1")
