@@ -136,7 +136,7 @@ def per_function(view: SessionView, index: ValueIndex, count: int) -> list[str]:
             provenance = ProvenanceView(ValueIndex({k: index.entries[k] for k in keys if k in index.entries},
                                                    index.texts))  # fmt: skip
             context = activation({"call": {"id": "c", "name": "t", "args": args}})
-            with bound(CallState(provenance=provenance)):
+            with bound(CallState(provenance=provenance, args=args)):  # as a decision binds it
                 started = time.perf_counter()
                 program.eval(context)
                 timings.append((time.perf_counter() - started) * 1000)
