@@ -220,7 +220,8 @@ class StageStream:
         # no wait of the judges' own. That wait shows only in the time to the first text: after it, a word held
         # one token longer moves every later word by the same token and the client sees the engine's rate, so
         # the look (a few regex searches a piece) stops there.
-        chain = [stream for _, stream, enforced in reversed(self.maskers) if enforced]  # the latest text first
+        # in text order: the last masker holds the text right after what the judges got, the first the newest
+        chain = [stream for _, stream, enforced in reversed(self.maskers) if enforced]
         leads = {getattr(stream, "lead", None) for stream in chain}
         self.chain = chain if chain and None not in leads and all(hasattr(s, "pending") for s in chain) else []
         self.leads = tuple(leads)
