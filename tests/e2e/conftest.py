@@ -81,6 +81,43 @@ def metric_total(text: str, name: str) -> float:
     return sum(samples)
 
 
+def stream_then_leave(client, model: str, messages: list, metric) -> None:
+    """Start a long streamed story, read its first chunks, check that the engine is generating it, close the
+    stream (the client goes away) and check that the engine is freed by an abort, not by finishing. `metric`
+    reads a vLLM metric's total. Each wait polls (the engine's gauges move a step after the text does) and a
+    failure says what the engine's counters and the text showed."""
+    finished_before = metric("vllm:request_success_total")
+    stream = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=2000, temperature=1.0, seed=7, stream=True
+    )
+    text, finish = "", None
+    for index, chunk in enumerate(stream):
+        text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+        finish = chunk.choices[0].finish_reason if chunk.choices else finish
+        if index == 3:
+            break
+    _wait_for(metric, "vllm:num_requests_running", 1, f"the engine is not generating the story ({text!r}, {finish})")
+    stream.close()  # the client goes away mid-stream
+    assert_freed_by_abort(metric, finished_before)
+
+
+def assert_freed_by_abort(metric, finished_before: float) -> None:
+    """vLLM counts a request in request_success_total only when it finishes (stop/length/...), not when
+    it is aborted: an abandoned request must leave the engine idle without adding to that count."""
+    _wait_for(metric, "vllm:num_requests_running", 0, "the engine kept generating for a client that left")
+    assert metric("vllm:request_success_total") == finished_before, "it finished instead of aborting"
+
+
+def _wait_for(metric, name: str, value: float, why: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (seen := metric(name)) != value:
+        if time.monotonic() > deadline:
+            counts = {n: metric(f"vllm:{n}") for n in ("num_requests_running", "num_requests_waiting",
+                                                        "request_success_total")}  # fmt: skip
+            pytest.fail(f"{why}: {name} is {seen}, not {value}, after {timeout_s} s; the engine's counts: {counts}")
+        time.sleep(0.1)
+
+
 def serve(config: dict, folder: Path, timeout_s: float = 300) -> subprocess.Popen:
     """`sentrail serve` in its own process with `config` (written to `folder`), its output in
     `folder/gateway.log`; returns once `/v1/health/ready` answers 200."""

@@ -1,12 +1,13 @@
 """End to end: the official `openai` client -> Sentrail -> a real vLLM engine with the embedded model."""
 
 import json
-import time
 
 import httpx
 import jsonschema
 import openai
 import pytest
+
+from .conftest import assert_freed_by_abort, stream_then_leave
 
 pytestmark = pytest.mark.e2e
 
@@ -101,27 +102,8 @@ def test_json_schema_response_validates(client, model):
 LONG_STORY = [{"role": "user", "content": "Write a very long story about a dragon and a knight."}]
 
 
-def assert_engine_freed_without_finishing(gateway, finished_before: float) -> None:
-    """vLLM counts a request in request_success_total only when it finishes (stop/length/...), not when
-    it is aborted: an abandoned request must leave the engine idle without adding to that count."""
-    deadline = time.monotonic() + 30
-    while gateway.engine_metric("vllm:num_requests_running") != 0:
-        assert time.monotonic() < deadline, "the engine kept generating for a client that left"
-        time.sleep(0.1)
-    assert gateway.engine_metric("vllm:request_success_total") == finished_before, "it finished instead of aborting"
-
-
 def test_client_disconnect_mid_stream_frees_the_engine(client, model, gateway):
-    finished_before = gateway.engine_metric("vllm:request_success_total")
-    stream = client.chat.completions.create(
-        model=model, messages=LONG_STORY, max_tokens=2000, temperature=1.0, seed=7, stream=True
-    )
-    for index, _ in enumerate(stream):
-        if index == 3:
-            break
-    assert gateway.engine_metric("vllm:num_requests_running") == 1
-    stream.close()  # the client goes away mid-stream
-    assert_engine_freed_without_finishing(gateway, finished_before)
+    stream_then_leave(client, model, LONG_STORY, gateway.engine_metric)
 
 
 def test_client_disconnect_before_a_plain_response_frees_the_engine(model, gateway):
@@ -129,7 +111,7 @@ def test_client_disconnect_before_a_plain_response_frees_the_engine(model, gatew
     body = {"model": model, "messages": LONG_STORY, "max_tokens": 2000, "temperature": 1.0, "seed": 7}
     with pytest.raises(httpx.ReadTimeout):  # the client gives up while the engine is generating
         httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=1.5))
-    assert_engine_freed_without_finishing(gateway, finished_before)
+    assert_freed_by_abort(gateway.engine_metric, finished_before)
 
 
 def test_unknown_model_is_404(client):

@@ -12,7 +12,7 @@ from openai import OpenAI
 
 from engines.process import free_port
 
-from .conftest import WEATHER, metric_total, serve, stop
+from .conftest import WEATHER, metric_total, serve, stop, stream_then_leave
 
 pytestmark = pytest.mark.e2e
 LONG_STORY = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
@@ -92,17 +92,4 @@ def test_forced_tool_call(inprocess, model):
 
 
 def test_client_disconnect_mid_stream_aborts_on_the_engine(inprocess, model):
-    finished_before = inprocess.metric("vllm:request_success_total")
-    stream = inprocess.client.chat.completions.create(
-        model=model, messages=LONG_STORY, max_tokens=2000, temperature=1.0, seed=7, stream=True
-    )
-    for index, _ in enumerate(stream):
-        if index == 3:
-            break
-    assert inprocess.metric("vllm:num_requests_running") == 1
-    stream.close()
-    deadline = time.monotonic() + 30
-    while inprocess.metric("vllm:num_requests_running") != 0:
-        assert time.monotonic() < deadline, "the engine kept generating for a client that left"
-        time.sleep(0.1)
-    assert inprocess.metric("vllm:request_success_total") == finished_before, "it finished instead of aborting"
+    stream_then_leave(inprocess.client, model, LONG_STORY, inprocess.metric)
