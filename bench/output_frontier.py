@@ -4,7 +4,8 @@ pattern could still match), side by side in one run, with the shipped rails (pol
 
 For prose and for adversarial text (digits, addresses, trigger words and key-like tokens everywhere, so that
 something is always half-way through a match), in pieces of 4 characters and of one word: CPU per character and
-per piece, the characters fed before the first release, and how much is held back on average and at most.
+per piece, the characters fed before the first release, and how much is held back on average and at most; and
+along one stream five times as long, the CPU per character of each tenth (it must not grow with the stream).
 
     .venv/bin/python bench/output_frontier.py [--chars 20000] [--runs 5] [--baseline REV]
 
@@ -72,6 +73,26 @@ async def stream(pipeline: RailPipeline, pieces: list[str], windowed: bool) -> d
     return {"s": elapsed, "first": first or fed, "held": statistics.mean(held), "max": max(held)}
 
 
+async def along(pipeline: RailPipeline, text: str, runs: int) -> list[float]:
+    """CPU ns per character of each tenth of `text`, fed in 1-word pieces to one frontier filter (best of
+    `runs`): a filter that re-read what it holds, or what it released, would grow along the stream."""
+    pieces = pieces_of(text, "1 word")
+    tenth = -(-len(pieces) // 10)
+    best = [float("inf")] * 10
+    for _ in range(runs):
+        output = OutputFilter(pipeline)
+        for k in range(10):
+            part = pieces[k * tenth : (k + 1) * tenth]
+            started = time.process_time()
+            try:
+                for piece in part:
+                    await output.feed(piece)
+            except OutputBlocked:
+                break
+            best[k] = min(best[k], (time.process_time() - started) * 1e9 / max(1, sum(map(len, part))))
+    return best
+
+
 async def main(chars: int, runs: int, baseline: str | None) -> None:
     if baseline:
         paths = ["gateway", "rails", "engines", "protocol", "policies", "bench/baseline.py"]
@@ -107,6 +128,12 @@ async def main(chars: int, runs: int, baseline: str | None) -> None:
         best = min(results, key=lambda r: r["s"])
         label = "windowed (64 + 128)" if windowed else "frontier"
         rows.append(f"| {label} | {best['s'] * 1e6:.0f} | {best['first']} |")
+    rows += ["", "Along one long stream (the frontier filter, 1-word pieces): CPU per character, each tenth.", ""]
+    rows += ["| text | characters | ns / char per tenth, first to last | last / first |", "|---|---|---|---|"]
+    for name, sample in (("prose", PROSE), ("adversarial", ADVERSARIAL)):
+        tenths = await along(pipeline, (sample * (chars * 5 // len(sample) + 1))[: chars * 5], runs)
+        shown = ", ".join(f"{t:,.0f}" for t in tenths)
+        rows.append(f"| {name} | {chars * 5:,} | {shown} | {tenths[-1] / tenths[0]:.2f} |")
     print(f"Shipped output rails ({', '.join(c.rail.name for c in rails if c.rail.stage.value == 'output')}), "
           f"{chars:,} characters, best of {runs} runs, one process.\n")  # fmt: skip
     print("\n".join(rows))
