@@ -32,6 +32,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgspec
 from opentelemetry import trace
@@ -74,6 +75,15 @@ class Configured:
     @property
     def local(self) -> bool:
         return bool(getattr(self.rail, "local", False))
+
+
+class Released(NamedTuple):
+    """What a stage's rails let out of a stream for one piece: the text, the decisions the piece brought
+    (rails that masked, labelled or blocked), and the block, if any."""
+
+    content: str
+    decisions: Sequence[Decision] = ()
+    blocked: Decision | None = None
 
 
 @dataclass
@@ -227,38 +237,49 @@ class StageStream:
         self.leads = tuple(leads)
         self.peeks = [getattr(stream, "peek", None) for _, stream, _ in self.judges]
 
-    def feed(self, text: str, final: bool = False) -> StageResult:
-        result = StageResult("")
+    def feed(self, text: str, final: bool = False) -> Released:
+        noted: StageResult | None = None  # made only when a rail decides something (most pieces: none)
         for configured, stream, enforced in self.maskers:
             if not (text or final):  # nothing new: nothing can change (`feed` is for what arrived)
                 break
-            out, verdict = _fed(configured, stream, text, final)
-            if verdict.action is not Action.ALLOW and self._note(configured, verdict, result):
-                return result
+            try:
+                out, verdict = stream.feed(text, final)
+            except Exception as exc:
+                out, verdict = "", _failed(configured, exc)
+            if verdict.action is not Action.ALLOW:
+                noted = noted or StageResult("")
+                if self._note(configured, verdict, noted):
+                    return Released("", noted.decisions, noted.blocked)
             if enforced:
                 text = out
         held = self.held + text
         decided = self.decided
         if text or final:
             for index, (configured, stream, _) in enumerate(self.judges):
-                out, verdict = _fed(configured, stream, text, final)
+                try:
+                    out, verdict = stream.feed(text, final)
+                except Exception as exc:
+                    out, verdict = "", _failed(configured, exc)
                 decided[index] += len(out)
-                if verdict.action is not Action.ALLOW and self._note(configured, verdict, result):
-                    self.held = held
-                    return result
-        cut = self.released + len(held)
+                if verdict.action is not Action.ALLOW:
+                    noted = noted or StageResult("")
+                    if self._note(configured, verdict, noted):
+                        self.held = held
+                        return Released("", noted.decisions, noted.blocked)
+        released = self.released
+        cut = released + len(held)
         ahead = None  # what the maskers hold, read once when a judge waits
         for index in self.enforced:
             at = decided[index]
-            if at < cut and not self.released and self.chain and not final:
+            if at < cut and not released and self.chain and not final:
                 ahead = "".join(stream.pending for stream in self.chain) if ahead is None else ahead
                 at = self._ahead(self.peeks[index], ahead, at, cut) if ahead else at
             if at < cut:
                 cut = at
-        cut = max(cut, self.released) - self.released  # (a look ahead may have released past a judge's frontier)
-        result.content, self.held = held[:cut], held[cut:]
-        self.released += cut
-        return result
+        cut = cut - released if cut > released else 0  # (a look ahead may have released past a judge's frontier)
+        self.held = held[cut:]
+        self.released = released + cut
+        return Released(held[:cut], noted.decisions if noted is not None else (), None)
 
     def _ahead(self, peek: Callable[[str], int | None] | None, pending: str, floor: int, bound: int) -> int:
         """How far a judge at frontier `floor` is sure of the text, up to `bound`, whatever the maskers' `pending`
@@ -289,12 +310,9 @@ class StageStream:
         return RailPipeline._record(configured, self.stage, verdict, result)
 
 
-def _fed(configured: Configured, stream: RailStream, text: str, final: bool) -> tuple[str, Verdict]:
-    """The stream's answer to the next piece; a rail that raises blocks (fail closed), as in `run`."""
-    try:
-        return stream.feed(text, final)
-    except Exception as exc:
-        return "", Verdict.block(f"rail {configured.rail.name} failed: {type(exc).__name__}")
+def _failed(configured: Configured, exc: Exception) -> Verdict:
+    """A rail that raised on a piece blocks (fail closed), as in `run`."""
+    return Verdict.block(f"rail {configured.rail.name} failed: {type(exc).__name__}")
 
 
 def _in_order(result: StageResult, rails: Sequence[Configured]) -> StageResult:

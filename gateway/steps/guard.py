@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -32,7 +32,7 @@ from protocol.openai import (
 from rails.base import Stage
 from rails.builtin.nemo import ModelResolver
 from rails.config import RailsConfigError, load_rails, referenced_files
-from rails.pipeline import Decision, RailPipeline, StageResult
+from rails.pipeline import Decision, RailPipeline, Released, StageResult
 
 log = structlog.get_logger("sentrail.rails")
 SLICE_S = 0.002  # the longest the inbound rails run before the event loop gets a turn
@@ -176,6 +176,9 @@ class Guard:
         return result.content
 
 
+R = TypeVar("R", StageResult, Released)  # a stage's result on a whole text, or on a streamed piece
+
+
 class OutputBlocked(Exception):
     def __init__(self, decision: Decision) -> None:
         super().__init__(decision.reason)
@@ -219,7 +222,7 @@ class OutputFilter:
             return self._take(self.stream.feed("", final=True)).content
         return await self._release(final=True) if self.pending else ""
 
-    def _take(self, result: StageResult) -> StageResult:
+    def _take(self, result: R) -> R:
         for decision in result.decisions:
             if decision not in self.decisions:
                 self.decisions.append(decision)

@@ -405,9 +405,11 @@ class _DetectStream:
         decided = scanner.feed(text, final)
         frontier = scanner.frontier
         if not decided and not self.found:  # the common case: nothing found, pass on up to the frontier
-            cut = frontier if frontier > self.emitted else self.emitted
-            out, self.emitted = scanner.slice(self.emitted, cut), cut
-            return out, _ALLOW
+            emitted = self.emitted
+            if frontier <= emitted:
+                return "", _ALLOW
+            self.emitted = frontier
+            return scanner.slice(emitted, frontier), _ALLOW
         for index, start, end, group in decided:
             name, valid = self.kinds[index]
             if valid is None or valid(group):

@@ -41,6 +41,7 @@ _ROT13_NEEDS = tuple(
     sorted({codecs.encode(w, "rot13") for s in (*SIGNALS, ADDRESSED) if s.weight >= 0.4 for w in s.needs if len(w) > 4})
 )
 _ROT13_GATE = re.compile(literals(_ROT13_NEEDS))
+_ROT13_REACH = max(map(len, _ROT13_NEEDS)) - 1  # a gate word runs at most this far back from its last character
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{20,}={0,2}(?![A-Za-z0-9+/=])")
 _HEX = re.compile(r"\b(?:[0-9a-fA-F]{2}){12,}\b")
 _LONG_TOKEN = re.compile(r"[A-Za-z0-9+/]{20}")  # base64 and hex payloads need a run this long
@@ -183,7 +184,8 @@ class _Reading:
 
     def feed(self, text: str, final: bool) -> list[tuple[int, str]]:
         """Read the next piece; return the base64 / hex runs it decided, as (0 base64 | 1 hex, run)."""
-        normal_piece = self.normal.feed(text, final)
+        folded = fold(text)
+        normal_piece = self.normal.feed_folded(folded, final)
         self.pieces.append(normal_piece)
         decided = self.lowered.feed(normal_piece, final)
         tables = self.tables
@@ -199,12 +201,14 @@ class _Reading:
                 if not (exempt and self._mentioned(start)):
                     self._count(signal)
         runs = []
-        cased = len(tables.cased_owners)
-        for index, start, _, group in self.written.feed(fold(text), final):
-            if index >= cased:
-                runs.append((index - cased, group))
-            elif not (tables.cased_owners[index][1] and _in_word(self.written.before(start))):
-                self._count(tables.cased_owners[index][0])
+        decided = self.written.feed(folded, final)
+        if decided:
+            cased = len(tables.cased_owners)
+            for index, start, _, group in decided:
+                if index >= cased:
+                    runs.append((index - cased, group))
+                elif not (tables.cased_owners[index][1] and _in_word(self.written.before(start))):
+                    self._count(tables.cased_owners[index][0])
         if self.waiting:
             window = self._recent(len(normal_piece) + 20)
             for signal in list(self.waiting):
@@ -303,9 +307,11 @@ class _ScoreStream:
             self._decode(runs)
         if self.rot13 is None:
             self.before_rot13.append(text)
-            window = self.tail + plain.pieces[-1]
+            added = plain.pieces[-1]
+            window = self.tail + added
             self.tail = window[-20:]
-            if _ROT13_GATE.search(window):  # from here on the rot13 reading counts, the text before it too
+            # a gate word not seen before ends in what was added: it starts at most _ROT13_REACH characters before
+            if added and _ROT13_GATE.search(window, max(0, len(window) - len(added) - _ROT13_REACH)):
                 self.rot13 = _Reading(self.tables, self.tables.cased)
                 self.rot13.feed(codecs.encode("".join(self.before_rot13), "rot13"), final)
                 self.before_rot13 = []
@@ -316,8 +322,10 @@ class _ScoreStream:
             if value >= self.rail.threshold:
                 reason = f"injection score {value:.2f} >= {self.rail.threshold:.2f} ({', '.join(hits)})"
                 return "", Verdict.block(reason)
-        frontier = self.frontier
+        frontier = plain.frontier() if self.rot13 is None else self.frontier
         cut = frontier - self.emitted
+        if cut <= 0:
+            return "", _ALLOW
         out, self.pending, self.emitted = self.pending[:cut], self.pending[cut:], frontier
         return out, _ALLOW
 

@@ -137,9 +137,16 @@ class NormalStream:
         self._at = 0  # the mark the last `origin` used (queries move forward)
 
     def feed(self, piece: str, final: bool = False) -> str:
+        return self.feed_folded(fold(piece), final)
+
+    def feed_folded(self, folded: str, final: bool = False) -> str:
+        """`feed` of a piece already folded (`fold`)."""
         scanner = self.scanner
+        decided = scanner.feed(folded, final)
+        if not decided:  # no noise in it (the common case)
+            return self._plain(scanner.frontier)
         out = []
-        for _, start, end, run in scanner.feed(fold(piece), final):
+        for _, start, end, run in decided:
             out.append(self._plain(start))
             replaced = _replacement(run)
             self.marks.append((self.size, start))

@@ -146,7 +146,8 @@ class Scanner:
         self.frontier = 0  # absolute: no match starting before it can change any more
         self._rescan = 0  # a long held tail: the length it must reach before the next scan
         self._context = patterns.context
-        self._root = patterns.root
+        self._root = root = patterns.root
+        self._both = root.both if root is not None else None  # the joint search that decides the common case
 
     @property
     def end(self) -> int:
@@ -170,10 +171,10 @@ class Scanner:
             return base + len(text)
         return base + match.start() if match.lastindex else None
 
-    def feed(self, piece: str, final: bool = False) -> list[tuple[int, int, int, str]]:
+    def feed(self, piece: str, final: bool = False) -> Sequence[tuple[int, int, int, str]]:
         """Add `piece`; the decided matches it made known, as (pattern index, start, end, text), absolute."""
         if not (piece or final):
-            return []
+            return ()
         base, text, frontier = self.base, self.text, self.frontier
         if frontier - self._context - base > 64:  # drop what no look-behind reads any more, now and then
             text, base = text[frontier - self._context - base :], frontier - self._context
@@ -184,16 +185,17 @@ class Scanner:
         if final:
             if root is not None and root.any is not None and root.any.search(text, frontier - base) is None:
                 self.frontier = base + len(text)
-                return []
+                return ()
         else:
             if held > HOLD_SCAN and held < self._rescan:
-                return []
-            if root is not None and root.both is not None:
-                match = root.both.search(text, frontier - base)
+                return ()
+            both = self._both
+            if both is not None:
+                match = both.search(text, frontier - base)
                 if match is None or match.lastindex:  # the common case: no match, all decided to the edge
                     self.frontier = edge = base + (len(text) if match is None else match.start())
                     self._rescan = 0 if edge > frontier or held <= HOLD_SCAN else held + held // 2
-                    return []
+                    return ()
         resume = self.resume
         for index, at in enumerate(resume):
             resume[index] = max(at, frontier)
