@@ -101,6 +101,9 @@ NOISE = re.compile(
     rf"|(?<=\x1b)(?:{_CSI}|\][^\x07\x1b\n]{{0,256}}(?:\x07|\x1b\\)|[@-Z_]))"
     rf"(?:{_ITEM}|{_BREAK}{_LINE_START})*"
 )
+# what a piece without noise lacks: a character that starts a run, but for a plain space, and a space after a space
+# (a plain space starts one only when such a character follows it)
+_LOUD = re.compile(rf"[{_SPACE.replace(' ', '')}{_LINE}{_INVISIBLE}\\\x1b]|  ")
 _BREAKS = re.compile(_BREAK)
 _BULLETS = re.compile(_BULLET)
 _WHITE = re.compile(rf"[{_SPACE}]|\\t")
@@ -139,9 +142,20 @@ class NormalStream:
     def feed(self, piece: str, final: bool = False) -> str:
         return self.feed_folded(fold(piece), final)
 
+    quiet = True  # `feed` takes a piece without noise after decided text without a search
+
     def feed_folded(self, folded: str, final: bool = False) -> str:
         """`feed` of a piece already folded (`fold`)."""
         scanner = self.scanner
+        end, frontier = scanner.end, scanner.frontier
+        if (
+            self.quiet and not final and folded  # after decided text, or a last space that no noise follows now
+            and (frontier == end or (frontier == end - 1 and folded[0] != " " and scanner.text[-1] == " "))
+            and _LOUD.search(folded) is None
+        ):  # fmt: skip
+            end += len(folded)  # all of it is decided, but for a last space (a run starts there if noise follows)
+            scanner.extend(folded, end - 1 if folded[-1] == " " else end)
+            return self._plain(scanner.frontier)
         decided = scanner.feed(folded, final)
         if not decided:  # no noise in it (the common case)
             return self._plain(scanner.frontier)

@@ -160,6 +160,21 @@ class Scanner:
         """The character before `position`, or "" at the start of the text."""
         return self.text[position - self.base - 1] if position > 0 else ""
 
+    def _grown(self, piece: str) -> tuple[str, int]:
+        """Add `piece` to the text kept; (text, base). What no look-behind reads any more goes, now and then."""
+        base, text, frontier = self.base, self.text, self.frontier
+        if frontier - self._context - base > 64:
+            text, base = text[frontier - self._context - base :], frontier - self._context
+            self.base = base
+        self.text = text = text + piece
+        return text, base
+
+    def extend(self, piece: str, frontier: int) -> None:
+        """`feed(piece)` for a caller that knows that the piece decides no match and where the frontier lands
+        (absolute): nothing is searched."""
+        self._grown(piece)
+        self.frontier, self._rescan = frontier, 0
+
     def peek(self, piece: str) -> int | None:
         """The frontier `feed(piece)` would reach (more text to follow), changing nothing; None when that
         would decide a match (or take more than the one joint search that answers the common case)."""
@@ -175,11 +190,8 @@ class Scanner:
         """Add `piece`; the decided matches it made known, as (pattern index, start, end, text), absolute."""
         if not (piece or final):
             return ()
-        base, text, frontier = self.base, self.text, self.frontier
-        if frontier - self._context - base > 64:  # drop what no look-behind reads any more, now and then
-            text, base = text[frontier - self._context - base :], frontier - self._context
-            self.base = base
-        self.text = text = text + piece
+        frontier = self.frontier
+        text, base = self._grown(piece)
         held = base + len(text) - frontier
         root = self._root
         if final:

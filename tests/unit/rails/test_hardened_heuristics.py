@@ -66,6 +66,21 @@ def test_the_normal_form_of_a_stream_is_the_normal_form_of_the_whole_and_maps_ba
         assert out[:position].startswith(normal(text[: origin_of(text, position)]))
 
 
+QUIET_PARTS = [*PARTS, "a b", "word ", " x", "  ", "prose, with commas. ", "\u00a0", "e"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(st.sampled_from(QUIET_PARTS), max_size=16))
+def test_a_piece_without_noise_is_taken_as_the_search_would(pieces):
+    """The shortcut for pieces without noise releases exactly what the search does, piece by piece."""
+    quiet, searched = NormalStream(), NormalStream()
+    searched.quiet = False
+    for piece in pieces:
+        assert quiet.feed(piece) == searched.feed(piece)
+        assert quiet.scanner.frontier == searched.scanner.frontier
+    assert quiet.feed("", final=True) == searched.feed("", final=True)
+
+
 def origin_of(text: str, position: int) -> int:
     stream = NormalStream()
     stream.feed(text, final=True)
