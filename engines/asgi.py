@@ -48,7 +48,8 @@ class StreamingASGITransport(httpx.AsyncBaseTransport):
         task = asyncio.create_task(self._run(scope, exchange))
         stream = _Body(exchange, task, read_timeout)
         try:
-            start = await asyncio.wait_for(asyncio.shield(exchange.started), read_timeout)
+            async with asyncio.timeout(read_timeout):  # (not `wait_for`: see `_Body.__aiter__`)
+                start = await asyncio.shield(exchange.started)
         except TimeoutError:
             await stream.aclose()
             raise httpx.ReadTimeout(
@@ -115,7 +116,10 @@ class _Body(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
             try:
-                part = await asyncio.wait_for(self._exchange.parts.get(), self._read_timeout)
+                # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` drops a cancellation that comes
+                # with the part it waits for, and the request would stream on for a client that left
+                async with asyncio.timeout(self._read_timeout):
+                    part = await self._exchange.parts.get()
             except TimeoutError:
                 raise httpx.ReadTimeout(f"the in-process app sent nothing for {self._read_timeout} s") from None
             if part is _END:
@@ -129,9 +133,8 @@ class _Body(httpx.AsyncByteStream):
         if self._task.done():
             return
         self._exchange.disconnected.set()
-        try:  # give the app a moment to notice the disconnect and abort cleanly, then stop it
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=1.0)
-        except TimeoutError:
+        # give the app a moment to notice the disconnect and abort cleanly, then stop it
+        if not (await asyncio.wait((self._task,), timeout=1.0))[0]:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

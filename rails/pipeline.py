@@ -329,8 +329,9 @@ async def _verdict(configured: Configured, content: str) -> Verdict:
     rail = configured.rail
     try:
         checking = rail.check(content)
-        if not configured.local:
-            return await asyncio.wait_for(checking, configured.timeout_s)
+        if not configured.local:  # (`asyncio.timeout`: Python 3.11's `wait_for` can drop a cancellation)
+            async with asyncio.timeout(configured.timeout_s):
+                return await checking
         if len(content) > OFF_LOOP_CHARS:
             return await asyncio.to_thread(asyncio.run, checking)
         return await checking
@@ -394,7 +395,8 @@ async def _scoring(configured: Configured, fields: list[tuple[str, str]]) -> lis
                     await asyncio.sleep(0)
                     started = time.perf_counter()
         else:
-            verdicts = await asyncio.wait_for(asyncio.gather(*(rail.check(t) for t in texts)), configured.timeout_s)
+            async with asyncio.timeout(configured.timeout_s):
+                verdicts = await asyncio.gather(*(rail.check(t) for t in texts))
     except Exception:
         return []
     acted = {text for text, verdict in zip(texts, verdicts, strict=True) if verdict.action != Action.ALLOW}

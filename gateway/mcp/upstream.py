@@ -74,7 +74,8 @@ class Upstream:
                 await self._task
 
     async def wait_ready(self, timeout_s: float) -> None:
-        await asyncio.wait_for(self.ready.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self.ready.wait()
 
     async def list_tools(self) -> list[types.Tool]:
         return await self._list(await self._client(self.config.list_timeout_s))

@@ -118,3 +118,33 @@ async def test_the_read_timeout_holds_for_headers_and_between_parts():
                 async for _ in response.aiter_bytes():
                     pass
     assert silent.events[-1] == "http.disconnect"  # the app was told the client is gone
+
+
+async def test_a_reader_cancelled_as_a_part_arrives_stops():
+    """A cancellation that comes in the same turn as the part the reader waits for stops the reader (Python
+    3.11's `asyncio.wait_for` would drop it: the request would stream on, the engine generating for nobody)."""
+    reader: asyncio.Task[None] | None = None
+    seen: list[bytes] = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await asyncio.sleep(0.05)  # the reader is waiting for the next part
+        await send({"type": "http.response.body", "body": b"second", "more_body": True})
+        reader.cancel()  # the client leaves as the part arrives
+        for _ in range(50):  # what a reader that missed it would go on reading
+            await asyncio.sleep(0.005)
+            await send({"type": "http.response.body", "body": b"more", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def read() -> None:
+        async with httpx.AsyncClient(transport=StreamingASGITransport(app), base_url="http://in-process") as client:
+            async with client.stream("GET", "/") as response:
+                async for part in response.aiter_bytes():
+                    seen.append(part)
+
+    reader = asyncio.ensure_future(read())
+    done, _ = await asyncio.wait((reader,), timeout=10)
+    assert done and reader.cancelled(), "the reader went on after it was cancelled"
+    assert b"more" not in seen

@@ -8,7 +8,7 @@ from litestar import Litestar
 from litestar.datastructures import Cookie
 from litestar.response import Stream
 
-from gateway.http.routes.chat import SSE_HEADERS, EventStream
+from gateway.http.routes.chat import SSE_HEADERS, EventStream, stopped
 
 HEADERS = {**SSE_HEADERS, "x-session-id": "sess_1", "x-ratelimit-remaining-requests": "9"}
 EVENTS = [b'data: {"a":1}\n\n', b'data: {"b":2}\n\n', b"data: [DONE]\n\n"]
@@ -81,3 +81,23 @@ def test_what_the_route_does_not_set_goes_through_litestar_s_own_path():
     stream = EventStream(events(), HEADERS)
     assert stream.to_asgi_response(APP, None, headers={}, cookies=[], background=None) is stream
     assert stream.to_asgi_response(APP, None, cookies=[Cookie("a", "b")]) is not stream
+
+
+async def test_a_step_that_misses_its_cancellation_is_cancelled_again():
+    """A cancellation can be lost on the way (Python 3.11's `asyncio.wait_for` drops one that comes with its
+    result): `stopped` cancels again until the task is done, so a step never streams on for nobody."""
+    cancels = []
+
+    async def deaf_once() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels.append(True)
+                if len(cancels) == 2:
+                    raise  # the second one gets through
+
+    task = asyncio.ensure_future(deaf_once())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(stopped(task, every_s=0.05), timeout=5)
+    assert task.cancelled() and len(cancels) == 2

@@ -57,9 +57,7 @@ class EventStream(Stream):
             await asyncio.wait((stream, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:
             watcher.cancel()
-            if not stream.done():  # the client left, or this task is cancelled: stop the stream, wait for its cleanup
-                stream.cancel()
-                await asyncio.wait((stream,))
+            await stopped(stream)  # the client left, or this task is cancelled: stop the stream, wait for its cleanup
         if not stream.cancelled():
             stream.result()  # what the stream raised, if anything
 
@@ -121,11 +119,19 @@ async def until_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -> T:
         done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
+        await stopped(task)
     if task not in done:
         raise ClientDisconnected("The client disconnected before the response was ready.")
     return task.result()
+
+
+async def stopped(task: asyncio.Future[Any], every_s: float = 5.0) -> None:
+    """Cancel `task` unless it is done, and wait until it is, cancelling it again every `every_s` seconds: a
+    cancellation can be lost on the way (Python 3.11's `asyncio.wait_for` drops one that comes with the result
+    it waits for), and a step that goes on would keep an engine generating for a client that left."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait((task,), timeout=every_s)
 
 
 async def _disconnected(receive: Receive) -> None:
