@@ -14,7 +14,6 @@ import msgspec
 import structlog
 from redis.exceptions import RedisError
 
-from gateway.stores.audit_seal import AuditSealError
 from protocol.openai import ErrorBody, ErrorDetail, SentrailError
 
 log = structlog.get_logger("sentrail.errors")
@@ -122,6 +121,12 @@ class SessionNotFound(GatewayError):
         super().__init__(f"No session {session_id!r} for this tenant.", "session_id")
 
 
+class AuditUnavailable(GatewayError):
+    """The audit log cannot record the request (fail closed: nothing is done that it cannot record)."""
+
+    error_type = "audit_unavailable"
+
+
 class ModelNotFound(GatewayError):
     error_type = "model_not_found"
 
@@ -144,27 +149,18 @@ def describe(exc: BaseException) -> tuple[str, str, str | None]:
     if isinstance(exc, RedisError):  # fail closed: no session state, no step
         _log_store_failure(exc)
         return "store_unavailable", "The session store is unavailable; retry shortly.", None
-    if isinstance(exc, AuditSealError):  # fail closed: nothing is done that the audit log cannot record
-        _log_once(exc, "audit_unavailable", error=str(exc))
-        return ("audit_unavailable", "The audit log cannot record this request, so nothing was done: its chain is "
-                "sealed with a key this gateway lacks (the operator sets audit_key_file).", None)  # fmt: skip
     return "internal_error", "The server had an error while processing your request.", None
 
 
 def _log_store_failure(exc: RedisError) -> None:
-    """The cause of a `store_unavailable` (the client's message says nothing of it: a refused connection, a
-    timeout, a busy pool)."""
-    cause = exc.__cause__ or exc.__context__
-    _log_once(exc, "store_unavailable", error_class=type(exc).__name__, error=str(exc),
-              cause=f"{type(cause).__name__}: {cause}" if cause is not None else None)  # fmt: skip
-
-
-def _log_once(exc: BaseException, event: str, **fields: Any) -> None:
-    """Log a failure once however many renderers describe it."""
+    """The cause of a `store_unavailable`, logged once per failure however many renderers describe it
+    (the client's message says nothing of it: a refused connection, a timeout, a busy pool)."""
     if getattr(exc, "_sentrail_logged", False):
         return
     exc._sentrail_logged = True  # type: ignore[attr-defined]
-    log.warning(event, **fields)
+    cause = exc.__cause__ or exc.__context__
+    log.warning("store_unavailable", error_class=type(exc).__name__, error=str(exc),
+                cause=f"{type(cause).__name__}: {cause}" if cause is not None else None)  # fmt: skip
 
 
 _encoder = msgspec.json.Encoder()

@@ -36,7 +36,7 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
-from gateway.errors import retrieve_outcome
+from gateway.errors import AuditUnavailable, retrieve_outcome
 from gateway.settings import Settings
 from gateway.stores.audit_seal import (
     GENESIS,
@@ -185,8 +185,10 @@ class AuditLog:
             onto = Head.parse(head)
             seq, prev = (onto.seq, onto.hash) if onto else (0, GENESIS)
             if kid is None and onto is not None and onto.kid is not None:
-                raise AuditSealError(f"the audit chain {tenant!r} is sealed (key {onto.kid}) and this process has "
-                                     "no audit key (audit_key_file): it must not append unsealed records")  # fmt: skip
+                log.warning("audit_unavailable", tenant=tenant, sealed_with=onto.kid,
+                            reason="no audit key (audit_key_file): it must not append unsealed records")  # fmt: skip
+                raise AuditUnavailable("The audit log cannot record this, so nothing was done: its chain is sealed "
+                                       "with a key this process lacks (the operator sets audit_key_file).")  # fmt: skip
             sealed = []
             for item in batch:
                 records = []
