@@ -114,6 +114,10 @@ class RateLimited(GatewayError):
         self.headers = headers
 
 
+class NotFound(GatewayError):
+    error_type = "not_found"
+
+
 class SessionNotFound(GatewayError):
     error_type = "session_not_found"
 

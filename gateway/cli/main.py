@@ -11,11 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
 from engines.models import prepare_embedded_model
 from gateway.cli import audit as audit_cli
 from gateway.cli import classifier as classifier_cli
 from gateway.cli import policy as policy_cli
+from gateway.errors import GatewayError
 from gateway.observability import configure_logging
 from gateway.settings import ConfigError, Settings, load_settings
 from rails.config import RailsConfigError
@@ -80,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     except RailsConfigError as exc:
         print("sentrail: invalid policy files:", *exc.errors, sep="\n  ", file=sys.stderr)
         return 2
+    except GatewayError as exc:  # e.g. the audit log cannot record a key's creation: nothing was done
+        print(f"sentrail: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:
+        print(f"sentrail: Redis: {exc}", file=sys.stderr)
+        return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -159,12 +167,13 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             models = tuple(m.strip() for m in args.models.split(",") if m.strip()) or ("*",)
             roles = tuple(r.strip() for r in args.roles.split(",") if r.strip()) or ("agent",)
             try:
-                secret, record = await store.create(args.tenant, models, args.policy, limits, roles)
+                secret, record, writes = store.creation(args.tenant, models, args.policy, limits, roles)
             except (msgspec.ValidationError, ValueError) as exc:
                 print(f"sentrail: invalid key: {exc}", file=sys.stderr)
                 return 2
-            await audit.append(SYSTEM, [{"type": "key_created", "key_id": record.key_id, "tenant": record.tenant,
-                                         "roles": list(record.roles), "models": list(record.models)}])  # fmt: skip
+            event = {"type": "key_created", "key_id": record.key_id, "tenant": record.tenant,
+                     "roles": list(record.roles), "models": list(record.models)}  # fmt: skip
+            await audit.append(SYSTEM, [event], writes)  # the key exists only with its audit record
             print(f"key id:  {record.key_id}\ntenant:  {record.tenant}\nroles:   {','.join(record.roles)}")
             print(f"secret:  {secret}")
             print("Store the secret now: it is not kept and cannot be shown again.", file=sys.stderr)
@@ -176,12 +185,13 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             return 0
 
         async def revoke() -> int:
-            if await store.revoke(args.key_id):
-                await audit.append(SYSTEM, [{"type": "key_revoked", "key_id": args.key_id}])
-                print(f"revoked {args.key_id}")
-                return 0
-            print(f"sentrail: no key with id {args.key_id!r}", file=sys.stderr)
-            return 1
+            writes = await store.revocation(args.key_id)
+            if writes is None:
+                print(f"sentrail: no key with id {args.key_id!r}", file=sys.stderr)
+                return 1
+            await audit.append(SYSTEM, [{"type": "key_revoked", "key_id": args.key_id}], writes)
+            print(f"revoked {args.key_id}")
+            return 0
 
         actions.update(create=create, list=list_keys, revoke=revoke)
         return await actions[args.action]()

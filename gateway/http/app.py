@@ -155,9 +155,10 @@ def create_app(
         watchers = [asyncio.create_task(_watch_health(pool, settings.health_interval_s))]
         reloaders = [partial(guard.reload, rails_path(settings), tracer)] if guard is not None else []
         reloaders += [tools.reload] if tools is not None else []
-        reloaders += [mcp.reload] if mcp is not None else []
+        reloaders.append(mcp.reload)
         policies = Path(settings.policies_dir)
-        loaded = [g.loaded_event() for g in (guard, tools, mcp) if g is not None]
+        loaded = [g.loaded_event() for g in (guard, tools) if g is not None]
+        loaded += [mcp.loaded_event()] if mcp.configured else []
         await audit.append(SYSTEM, [{**event, "gateway": socket.gethostname()} for event in loaded])
         record = partial(audit.append, SYSTEM)
         watchers.append(asyncio.create_task(watch_folder(policies, settings.rails_reload_s, reloaders, record)))
@@ -178,8 +179,8 @@ def create_app(
             tracer_provider.shutdown()
 
     app = Litestar(
-        route_handlers=[*ROUTES, *([mcp_route(mcp)] if mcp is not None else [])],
-        lifespan=[lifespan, *([mcp.lifespan] if mcp is not None else [])],  # /mcp: policies/mcp.yaml
+        route_handlers=[*ROUTES, mcp_route(mcp)],
+        lifespan=[lifespan, mcp.lifespan],  # /mcp: policies/mcp.yaml
         exception_handlers={Exception: handle_exception},
         before_request=require_json,
         request_max_body_size=settings.max_body_bytes,

@@ -34,15 +34,14 @@ def load_mcp_gateway(
     settings: Settings, redis: Any, sessions: SessionStore, guard: Guard | None, tools: ToolGuard | None,
     approvals: ApprovalStore, audit: AuditLog | None, limiter: RateLimiter, tracer: Tracer, key_store: KeyStore,
     metrics: Metrics | None = None,
-) -> McpGateway | None:  # fmt: skip
-    """The gateway from <policies_dir>/mcp.yaml, or None without the file (no /mcp endpoint). An invalid file
-    raises `RailsConfigError` with every problem as file:line (serve refuses to start)."""
+) -> McpGateway:  # fmt: skip
+    """The gateway from <policies_dir>/mcp.yaml. Without the file, `/mcp` answers 404 until a reload finds one.
+    An invalid file raises `RailsConfigError` with every problem as file:line (serve refuses to start)."""
     path = mcp_path(settings)
-    if not path.exists():
-        return None
     config = load_mcp_config(path)
     judge = CallJudge(sessions, tools, guard, approvals, audit, limiter, settings.audit_content)
     ttl = tools.policy.file.approval_ttl_s if tools is not None else 3600
     pins = Pins(redis, approvals, config.file.pinning.on_change, ttl)
-    log.info("mcp_loaded", path=str(path), servers=[s.name for s in config.file.enabled], version=config.version)
+    if config.version:
+        log.info("mcp_loaded", path=str(path), servers=[s.name for s in config.file.enabled], version=config.version)
     return McpGateway(config, judge, pins, guard, audit, tracer, key_store, settings.dev_mode, metrics=metrics)

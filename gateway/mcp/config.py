@@ -76,9 +76,10 @@ class McpConfig(msgspec.Struct, frozen=True):
 
 
 def load_mcp_config(path: Path) -> McpConfig:
-    """Parse and validate; raise `RailsConfigError` listing every problem with file:line. No file: no servers."""
+    """Parse and validate; raise `RailsConfigError` listing every problem with file:line. No file: no servers
+    and no version (the endpoint is off until the file appears)."""
     if not path.exists():
-        return McpConfig(McpFile())
+        return McpConfig(McpFile(), path)
     node, raw = read_yaml(path)
     errors: list[str] = []
     servers = raw.get("servers") if isinstance(raw, dict) else None

@@ -38,7 +38,7 @@ from mcp.shared.exceptions import MCPError
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from gateway.errors import Forbidden, describe, kind_of, to_error_body
+from gateway.errors import Forbidden, NotFound, describe, kind_of, to_error_body
 from gateway.mcp.calls import CallJudge, McpContext, tool_error
 from gateway.mcp.config import SEPARATOR, TOOL_NAME, McpConfig, load_mcp_config
 from gateway.mcp.pinning import PinCheck, Pins, definition_sha256
@@ -107,6 +107,11 @@ class McpGateway:
     def upstream(self, name: str) -> Upstream:
         return self.upstreams[name]
 
+    @property
+    def configured(self) -> bool:
+        """Whether mcp.yaml exists (it was loaded): without it there is no endpoint, only the reload watch."""
+        return bool(self.config.version)
+
     def loaded_event(self, kind: str = "policy_loaded") -> dict[str, Any]:
         path = self.config.path
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.exists() else ""
@@ -156,8 +161,10 @@ class McpGateway:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """One HTTP request to the endpoint: the caller's key (401/403 as OpenAI errors), then the SDK."""
         try:
+            if not self.configured:
+                raise NotFound(f"No MCP gateway here: {self.config.path} does not exist (it is picked up when added).")
             key = await self._authenticate(scope)
-        except Exception as exc:  # a bad key (401, 403) or the key store down (503): fail closed
+        except Exception as exc:  # no endpoint (404), a bad key (401, 403), the key store down (503): fail closed
             error_type, message, param = describe(exc)
             if error_type == "internal_error":
                 log.error("mcp_authentication_failed", exc_info=exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -71,14 +71,16 @@ class KeyStore:
         self.cache_s = cache_s
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
 
-    async def create(
+    def creation(
         self,
         tenant: str,
         models: tuple[str, ...] = ("*",),
         policy: str = "default",
         limits: Limits | None = None,
         roles: tuple[str, ...] = ("agent",),
-    ) -> tuple[str, KeyRecord]:
+    ) -> tuple[str, KeyRecord, list[list[str]]]:
+        """A new key: its secret, its record, and the commands that store it, for the audit log to apply in
+        the script call that records the creation (both or neither). Raises on an invalid record."""
         unknown = set(roles) - set(ROLES)
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ROLES)}")
@@ -89,10 +91,14 @@ class KeyStore:
         fields["limits"] = msgspec.to_builtins(limits or Limits())
         record = msgspec.convert(fields, KeyRecord)  # validates the tenant name
         hashed = digest(secret)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(f"sentrail:key:{hashed}", _encoder.encode(record))
-            pipe.hset("sentrail:keys", key_id, hashed)
-            await pipe.execute()
+        writes = [["SET", f"sentrail:key:{hashed}", _encoder.encode(record).decode()],
+                  ["HSET", "sentrail:keys", key_id, hashed]]  # fmt: skip
+        return secret, record, writes
+
+    async def create(self, tenant: str, **options: Any) -> tuple[str, KeyRecord]:
+        """`creation`, stored without an audit record (tests and tooling)."""
+        secret, record, writes = self.creation(tenant, **options)
+        await _apply(self.redis, writes)
         return secret, record
 
     async def list(self) -> list[KeyRecord]:
@@ -102,15 +108,19 @@ class KeyStore:
         raw = await self.redis.mget([f"sentrail:key:{h.decode()}" for h in hashes])
         return sorted((_decoder.decode(r) for r in raw if r), key=lambda k: k.created_at)
 
-    async def revoke(self, key_id: str) -> bool:
+    async def revocation(self, key_id: str) -> list[list[str]] | None:
+        """The commands that revoke a key, for the audit log to apply with its record; None: no such key."""
         hashed = await self.redis.hget("sentrail:keys", key_id)
         if hashed is None:
-            return False
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(f"sentrail:key:{hashed.decode()}")
-            pipe.hdel("sentrail:keys", key_id)
-            await pipe.execute()
-        return True
+            return None
+        return [["DEL", f"sentrail:key:{hashed.decode()}"], ["HDEL", "sentrail:keys", key_id]]
+
+    async def revoke(self, key_id: str) -> bool:
+        """`revocation`, applied without an audit record (tests and tooling)."""
+        writes = await self.revocation(key_id)
+        if writes is not None:
+            await _apply(self.redis, writes)
+        return writes is not None
 
     async def authenticate(self, authorization: str | None) -> KeyRecord:
         """The record for a `Bearer` header, or `Unauthorized`. Lookups are cached for `cache_s`."""
@@ -133,3 +143,10 @@ class KeyStore:
         if record is None:
             raise Unauthorized("Invalid API key.")
         return record
+
+
+async def _apply(redis: aioredis.Redis, writes: list[list[str]]) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        for command in writes:
+            pipe.execute_command(*command)
+        await pipe.execute()

@@ -1,8 +1,14 @@
 """`sentrail keys create | list | revoke` against a real Redis: the configured one, or the embedded one."""
 
+import asyncio
 import json
+import secrets
+
+from redis.asyncio import Redis
 
 from gateway.cli.main import main
+from gateway.stores.audit import SYSTEM, AuditLog
+from gateway.stores.audit_seal import Keyring, read_keys
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -43,3 +49,25 @@ def test_invalid_tenant_name_is_refused(capsys, monkeypatch, redis_server):
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     code, _, err = run(capsys, "keys", "create", "--tenant", "bad tenant!")
     assert code == 2 and "invalid key" in err
+
+
+def test_a_key_the_audit_log_cannot_record_is_not_created(capsys, monkeypatch, redis_server, tmp_path):
+    """The key's writes travel in the script call that appends its `key_created` record: when the record
+    cannot be written (the system chain is sealed with a key this process lacks), no key exists and the
+    command says why, without a traceback."""
+    redis_server.flush()
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("SENTRAIL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SENTRAIL_HOME", str(tmp_path))  # no development audit key: this process has none
+    other = tmp_path / "other.key"
+    other.write_text(secrets.token_hex(32) + "\n")
+
+    async def seal() -> None:
+        client = Redis.from_url(redis_server.url)
+        await AuditLog(client, keyring=Keyring.from_secrets(read_keys(other))).append(SYSTEM, [{"type": "e"}])
+        await client.aclose()
+
+    asyncio.run(seal())
+    code, out, err = run(capsys, "keys", "create", "--tenant", "acme")
+    assert code == 1 and "audit_key_file" in err and "Traceback" not in err and "secret" not in out
+    assert run(capsys, "keys", "list")[1] == ""

@@ -371,6 +371,28 @@ async def test_mcp_yaml_hot_reloads_and_a_broken_edit_keeps_the_last_good(redis_
     assert [r["type"] for r in system][:2] == ["policy_loaded", "policy_reload"]
 
 
+async def test_a_gateway_started_without_mcp_yaml_serves_mcp_once_the_file_appears(redis_server, tmp_path):
+    """No mcp.yaml: /mcp is a clean 404 naming the file; writing the file later turns the endpoint on, no restart."""
+    redis_server.flush()
+    policies = write_policies(tmp_path / "p", stdio("notes", *NOTES))
+    mcp_yaml = policies / "mcp.yaml"
+    wanted = mcp_yaml.read_text()
+    mcp_yaml.unlink()
+    async with served(redis_server, policies) as (base, app):
+        async with httpx2.AsyncClient(base_url=base) as http:
+            off = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert off.status_code == 404 and "mcp.yaml does not exist" in off.json()["error"]["message"]
+        gateway = app.state.mcp
+        reloaded = gateway.reloaded
+        mcp_yaml.write_text(wanted)
+        async with asyncio.timeout(60):
+            await reloaded.wait()  # the policies watcher saw the new file
+            await gateway.upstream("notes").wait_ready(30)
+        async with mcp_client(base, "s-late") as client:
+            assert "echo" in {tool.name for tool in (await client.list_tools()).tools}
+            assert text_of(await client.call_tool("echo", {"text": "late"})) == "late"
+
+
 async def test_a_result_from_a_package_index_server_is_masked(redis_server, policies, tmp_path):
     async with served(redis_server, policies) as (base, app), mcp_client(base, "s-gitmask") as client:
         log = await client.call_tool("git_log", {"repo_path": str(tmp_path / "repo")})

@@ -9,7 +9,7 @@ from litestar import Request, get, post
 
 from gateway.errors import InvalidRequest
 from gateway.http.routes.chat import decode_body
-from gateway.http.routes.deps import authenticate
+from gateway.http.routes.deps import authenticate, list_limit
 from gateway.stores.approvals import TICKET_STATES, ApprovalDecision, Ticket
 
 log = structlog.get_logger("sentrail.approvals")
@@ -21,7 +21,7 @@ async def list_approvals(request: Request, status: str | None = None, limit: int
     key = await authenticate(request, READERS)
     if status is not None and status not in TICKET_STATES:
         raise InvalidRequest(f"`status` must be one of {', '.join(TICKET_STATES)}.", "status")
-    tickets = await request.app.state.approvals.list(key.tenant, status, max(1, min(limit, 1000)))
+    tickets = await request.app.state.approvals.list(key.tenant, status, list_limit(limit))
     return {"object": "list", "data": tickets}
 
 

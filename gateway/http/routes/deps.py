@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from litestar import Request
 
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, InvalidRequest
 from gateway.stores.keys import DEV_KEY, KeyRecord
 
 AGENT = ("agent",)
 ANY_ROLE = ()  # any valid key: for harmless metadata (the model list)
+MAX_LIST = 1000
+
+
+def list_limit(limit: int) -> int:
+    """A list route's `limit`, which must lie in 1..1000: out of range is the caller's error (400), not a
+    value quietly changed into another."""
+    if not 1 <= limit <= MAX_LIST:
+        raise InvalidRequest(f"`limit` must be between 1 and {MAX_LIST}; got {limit}.", "limit")
+    return limit
 
 
 async def authenticate(request: Request, roles: tuple[str, ...] = AGENT) -> KeyRecord:

@@ -10,7 +10,7 @@ from litestar import MediaType, Request, Response, get
 
 from gateway.errors import InvalidRequest, SessionNotFound
 from gateway.http.review import DECISIONS, list_sessions, session_timeline
-from gateway.http.routes.deps import authenticate
+from gateway.http.routes.deps import authenticate, list_limit
 from gateway.stores.audit import SYSTEM
 from gateway.stores.keys import KeyRecord
 from gateway.stores.sessions import SESSION_ID
@@ -48,7 +48,7 @@ async def audit_sessions(
     if decision is not None and decision not in DECISIONS:
         raise InvalidRequest(f"`decision` must be one of {', '.join(DECISIONS)}.", "decision")
     tenants = await _tenants(request, key, tenant)
-    data = await list_sessions(request.app.state.audit, tenants, decision, since, max(1, min(limit, 1000)))
+    data = await list_sessions(request.app.state.audit, tenants, decision, since, list_limit(limit))
     return {"object": "list", "data": data}
 
 

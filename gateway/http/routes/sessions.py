@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, delete, get
 
 from gateway.errors import SessionNotFound
-from gateway.http.routes.deps import audit_deletion, authenticate
+from gateway.http.routes.deps import audit_deletion, authenticate, list_limit
 from gateway.stores.sessions import SESSION_ID
 
 
@@ -20,7 +20,7 @@ def _checked(session_id: str) -> str:
 @get("/v1/sessions")
 async def list_sessions(request: Request, limit: int = 100) -> dict[str, Any]:
     key = await authenticate(request)
-    sessions = await request.app.state.sessions.list(key.tenant, max(1, min(limit, 1000)))
+    sessions = await request.app.state.sessions.list(key.tenant, list_limit(limit))
     return {"object": "list", "data": sessions}
 
 
