@@ -46,7 +46,10 @@ def test_sigkill_under_load_loses_no_acknowledged_record(gateway, model, tmp_pat
     workers = [threading.Thread(target=client, args=(i,)) for i in range(6)]
     for worker in workers:
         worker.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 60  # under load: a few responses acknowledged, more in flight (a busy CPU
+    while len(received) < 6 and time.monotonic() < deadline:  # engine can take seconds for its first batch)
+        time.sleep(0.1)
+    time.sleep(1)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(0.5)
