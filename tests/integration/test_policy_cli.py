@@ -4,12 +4,15 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import pytest
+
 from gateway.cli.main import main
 from tests.doubles import ScriptedEngine, calls_chunks
 
 from .conftest import MODEL
 
-POLICIES = Path(__file__).resolve().parents[2] / "policies" / "examples" / "strict-agent"
+ROOT = Path(__file__).resolve().parents[2]
+POLICIES = ROOT / "policies" / "examples" / "strict-agent"
 TOOLS = [{"type": "function", "function": {"name": n}} for n in ("web_fetch", "send_email")]
 
 
@@ -30,6 +33,16 @@ def test_the_shipped_cases_pass_and_a_wrong_expectation_fails(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"FAIL {cases}:7: shell is never allowed: expected allow, got deny (rule no-shell)" in out
     assert "34/35 expectations hold" in out
+
+
+@pytest.mark.parametrize(
+    "folder",
+    sorted(p.parent.parent for p in (ROOT / "bench" / "agentdojo" / "policies").glob("*/*/tests/*.yaml")),
+    ids=lambda folder: f"{folder.parent.name}/{folder.name}",
+)
+def test_the_benchmark_policies_own_cases_pass(folder, capsys):
+    """The benchmark's policy folders that carry test cases keep them passing (`policy test`, as a team runs it)."""
+    assert main(["policy", "test", "--dir", str(folder)]) == 0, capsys.readouterr().out
 
 
 def test_check_reports_every_broken_file_with_its_line(tmp_path, capsys):
