@@ -162,7 +162,7 @@ class McpGateway:
         """One HTTP request to the endpoint: the caller's key (401/403 as OpenAI errors), then the SDK."""
         try:
             if not self.configured:
-                raise NotFound(f"No MCP gateway here: {self.config.path} does not exist (it is picked up when added).")
+                raise NotFound("No MCP gateway here: the policies folder has no mcp.yaml (it is picked up when added).")
             key = await self._authenticate(scope)
         except Exception as exc:  # no endpoint (404), a bad key (401, 403), the key store down (503): fail closed
             error_type, message, param = describe(exc)
